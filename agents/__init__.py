@@ -1,0 +1,1 @@
+"""faust agents and the pure payment rules they call."""

@@ -1,0 +1,1 @@
+"""Fraud: features, training, registry, scoring and the simulator."""

@@ -1,0 +1,1 @@
+"""Avro contracts for every topic and the codec that speaks the Confluent wire format."""

@@ -1,0 +1,1 @@
+"""Stream wiring: settings, the faust app, topics, local infrastructure and the CLI."""

@@ -1,0 +1,191 @@
+"""One frozen settings object, read once from ``PAYSTREAM_*`` environment variables.
+
+Every knob the pipeline has lives here with its default, its unit in its name and
+a one-line description; the README's configuration table is generated from
+``SETTINGS_DOC`` so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "PAYSTREAM_"
+
+
+class SettingsError(ValueError):
+    """A ``PAYSTREAM_*`` variable holds a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, with production-sane defaults for a single machine."""
+
+    brokers: str = field(
+        default="127.0.0.1:9092",
+        metadata={"doc": "Kafka bootstrap servers, comma-separated host:port."},
+    )
+    database_url: str | None = field(
+        default=None,
+        metadata={
+            "doc": "PostgreSQL DSN for the ledger. Unset: the DSN written by `paystream dev up`.",
+            "secret": True,
+        },
+    )
+    schema_registry_url: str | None = field(
+        default=None,
+        metadata={"doc": "Confluent Schema Registry URL. Unset: schema ids from schemas/catalog.json."},
+    )
+    app_id: str = field(
+        default="paystream",
+        metadata={"doc": "faust application id: consumer group and changelog topic prefix."},
+    )
+    topic_prefix: str = field(
+        default="",
+        metadata={"doc": "Prefix for every topic name (isolates test runs and environments)."},
+    )
+    partitions: int = field(
+        default=12,
+        metadata={"doc": "Partitions of payments.requests and payments.legs (co-partitioned)."},
+    )
+    replication_factor: int = field(
+        default=1, metadata={"doc": "Replication factor of created topics (3 on a cluster)."}
+    )
+    state_dir: Path = field(
+        default=Path(".paystream"),
+        metadata={"doc": "Where dev infrastructure and worker RocksDB state live."},
+    )
+    kafka_version: str = field(
+        default="4.1.1", metadata={"doc": "Apache Kafka version assembled from Maven Central."}
+    )
+    kafka_port: int = field(default=9092, metadata={"doc": "`dev up`: broker listener port."})
+    kafka_controller_port: int = field(
+        default=9093, metadata={"doc": "`dev up`: KRaft controller listener port."}
+    )
+    kafka_heap_mb: int = field(default=1024, metadata={"doc": "`dev up`: broker JVM max heap."})
+    postgres_port: int = field(default=5433, metadata={"doc": "`dev up`: PostgreSQL port."})
+    web_port: int = field(
+        default=6066, metadata={"doc": "Worker web port (account views); each worker needs its own."}
+    )
+    batch_size_max: int = field(
+        default=1000, metadata={"doc": "Most requests an agent takes per batch (take_events)."}
+    )
+    batch_within_ms: int = field(
+        default=5, metadata={"doc": "Longest an agent waits to fill a batch, in milliseconds."}
+    )
+    idempotency_window_s: int = field(
+        default=7 * 24 * 3600,
+        metadata={"doc": "How long idempotency keys are remembered, in seconds (request clock)."},
+    )
+    hold_default_s: int = field(
+        default=7 * 24 * 3600,
+        metadata={"doc": "Hold lifetime when an AUTHORIZE names no expiry, in seconds."},
+    )
+    fx_rate_max_age_s: int = field(
+        default=3600,
+        metadata={"doc": "FX rates older than this (request clock) decline fx_rate_unavailable."},
+    )
+    currencies: tuple[str, ...] = field(
+        default=("USD", "EUR", "GBP", "CHF", "JPY", "KWD", "BHD", "SEK", "PLN"),
+        metadata={"doc": "ISO 4217 currencies accepted, comma-separated."},
+    )
+    standby_replicas: int = field(
+        default=0, metadata={"doc": "faust table standby replicas (shorter failover)."}
+    )
+    log_level: str = field(default="INFO", metadata={"doc": "Log level of workers and tools."})
+
+    def topic(self, name: str) -> str:
+        """The full name of a logical topic such as ``payments.requests``."""
+        return f"{self.topic_prefix}{name}"
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret") and value is not None:
+                value = _mask_secret(str(value))
+            parts.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(parts)})"
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (tests and the dev tools use this)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _mask_secret(value: str) -> str:
+    """Hide a password inside a DSN or URL; never print secrets."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", re.sub(r"password=\S+", "password=***", value))
+
+
+def _render_default(value: Any) -> str:
+    if value is None:
+        return "(unset)"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
+
+
+SETTINGS_DOC: tuple[tuple[str, str, str], ...] = tuple(
+    (ENV_PREFIX + f.name.upper(), _render_default(f.default), f.metadata.get("doc", ""))
+    for f in dataclasses.fields(Settings)
+)
+"""(variable, default, description) rows for the README's configuration table."""
+
+
+def _parse(field_type: Any, raw: str, name: str) -> Any:
+    text = raw.strip()
+    try:
+        if field_type in (int, "int"):
+            value = int(text)
+            if value < 0:
+                raise SettingsError(f"{name}={raw!r}: must not be negative")
+            return value
+        if field_type in (Path, "Path"):
+            return Path(text)
+        if field_type in ("tuple[str, ...]",):
+            items = tuple(item.strip().upper() for item in text.split(",") if item.strip())
+            if not items:
+                raise SettingsError(f"{name}={raw!r}: give at least one value, comma-separated")
+            return items
+        if field_type in ("str | None",):
+            return text or None
+        return text
+    except ValueError as exc:
+        if isinstance(exc, SettingsError):
+            raise
+        raise SettingsError(f"{name}={raw!r}: expected {field_type}") from exc
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build ``Settings`` from ``PAYSTREAM_*`` variables; unknown ``PAYSTREAM_*`` names are errors."""
+    env = os.environ if environ is None else environ
+    known = {f.name: f for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name not in known:
+            raise SettingsError(
+                f"{key} is not a paystream setting; known: "
+                + ", ".join(ENV_PREFIX + n.upper() for n in known)
+            )
+        values[name] = _parse(known[name].type, raw, key)
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
+
+
+def _validate(settings: Settings) -> None:
+    if settings.partitions < 1:
+        raise SettingsError(f"PAYSTREAM_PARTITIONS={settings.partitions}: must be at least 1")
+    if settings.batch_size_max < 1:
+        raise SettingsError("PAYSTREAM_BATCH_SIZE_MAX must be at least 1")
+    for code in settings.currencies:
+        if not re.fullmatch(r"[A-Z]{3}", code):
+            raise SettingsError(f"PAYSTREAM_CURRENCIES: {code!r} is not a 3-letter ISO 4217 code")
