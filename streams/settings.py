@@ -39,7 +39,9 @@ class Settings:
     )
     schema_registry_url: str | None = field(
         default=None,
-        metadata={"doc": "Confluent Schema Registry URL. Unset: schema ids from schemas/catalog.json."},
+        metadata={
+            "doc": "Confluent Schema Registry URL. Unset: schema ids from schemas/catalog.json."
+        },
     )
     app_id: str = field(
         default="paystream",
@@ -70,7 +72,8 @@ class Settings:
     kafka_heap_mb: int = field(default=1024, metadata={"doc": "`dev up`: broker JVM max heap."})
     postgres_port: int = field(default=5433, metadata={"doc": "`dev up`: PostgreSQL port."})
     web_port: int = field(
-        default=6066, metadata={"doc": "Worker web port (account views); each worker needs its own."}
+        default=6066,
+        metadata={"doc": "Worker web port (account views); each worker needs its own."},
     )
     batch_size_max: int = field(
         default=1000, metadata={"doc": "Most requests an agent takes per batch (take_events)."}
@@ -85,6 +88,10 @@ class Settings:
     hold_default_s: int = field(
         default=7 * 24 * 3600,
         metadata={"doc": "Hold lifetime when an AUTHORIZE names no expiry, in seconds."},
+    )
+    refund_window_s: int = field(
+        default=180 * 24 * 3600,
+        metadata={"doc": "How long a captured payment can be refunded, in seconds."},
     )
     fx_rate_max_age_s: int = field(
         default=3600,
@@ -162,7 +169,7 @@ def _parse(field_type: Any, raw: str, name: str) -> Any:
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Build ``Settings`` from ``PAYSTREAM_*`` variables; unknown ``PAYSTREAM_*`` names are errors."""
+    """Build ``Settings`` from ``PAYSTREAM_*`` variables; unknown ``PAYSTREAM_*`` are errors."""
     env = os.environ if environ is None else environ
     known = {f.name: f for f in dataclasses.fields(Settings)}
     values: dict[str, Any] = {}

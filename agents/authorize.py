@@ -1,0 +1,98 @@
+"""faust wiring: the authorize and legs agents. Thin: batch, hand to the Processor, flush, ack.
+
+Import this module to register the agents on ``streams.app.app``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+import faust
+from faust.types import TP
+from schemas.codec import load_codec
+
+from agents.pipeline import AccountStates, FxRatesView, Message, OutputProducer, Processor
+from streams import topics as names
+from streams.app import accounts, app, fx_rates, legs_topic, requests_topic, settings
+
+log = logging.getLogger(__name__)
+EXIT_INTERNAL_ERROR = 71
+
+
+class FaustPartitionStore:
+    """Raw reads and writes of one faust RocksDB table by partition, without faust's
+    per-write changelog (the Processor writes the changelog with its outputs)."""
+
+    def __init__(self, table: faust.Table) -> None:
+        self._table = table
+
+    def _store(self):  # type: ignore[no-untyped-def]
+        return self._table.data
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        value: bytes | None = self._store()._db_for_partition(partition).get(key)
+        return value
+
+    def put(self, partition: int, key: bytes, value: bytes) -> None:
+        store = self._store()
+        store._db_for_partition(partition).put(key, value)
+        store._key_index[key] = partition
+
+    def mark_persisted(self, changelog: str, acked: dict[tuple[str, int], int]) -> None:
+        """Record the changelog offsets now durable, so a restart only replays the tail."""
+        store = self._store()
+        for (topic, partition), offset in acked.items():
+            if topic == changelog:
+                store.set_persisted_offset(TP(topic, partition), offset)
+
+
+codec = load_codec(settings.schema_registry_url)
+producer = OutputProducer(settings)
+partition_store = FaustPartitionStore(accounts)
+changelog_name = accounts.changelog_topic.get_topic_name()
+processor = Processor(
+    settings,
+    codec,
+    AccountStates(partition_store, producer, changelog_name),
+    producer,
+    FxRatesView(lambda pair: fx_rates.get(pair), codec, settings.topic(names.FX_RATES)),
+    worker_name=f"{socket.gethostname()}:{settings.web_port}",
+)
+
+
+def _messages(events: list[faust.EventT]) -> list[Message]:
+    return [
+        Message(
+            e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value
+        )
+        for e in events
+    ]
+
+
+async def _run_batch(handle, events: list[faust.EventT]) -> None:  # type: ignore[no-untyped-def]
+    try:
+        handle(_messages(events))
+    except Exception:
+        # A bug, not bad input (bad input is declined or dead-lettered). faust would
+        # ack the batch if we raised, so leave without acking instead.
+        log.critical("internal error while processing a batch; exiting unacked", exc_info=True)
+        logging.shutdown()
+        os._exit(EXIT_INTERNAL_ERROR)
+    await producer.flush()
+    partition_store.mark_persisted(changelog_name, producer.take_acked())
+
+
+@app.agent(requests_topic, name="authorize")
+async def authorize(stream: faust.StreamT) -> None:
+    within = settings.batch_within_ms / 1000
+    async for events in stream.take_events(settings.batch_size_max, within=within):
+        await _run_batch(processor.process_requests, list(events))
+
+
+@app.agent(legs_topic, name="legs")
+async def credit_legs(stream: faust.StreamT) -> None:
+    within = settings.batch_within_ms / 1000
+    async for events in stream.take_events(settings.batch_size_max, within=within):
+        await _run_batch(processor.process_legs, list(events))

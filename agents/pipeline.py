@@ -1,0 +1,364 @@
+"""The batch processors the agents call: decode, apply the rules, write state, emit.
+
+No faust import here: the agents (agents/authorize.py) hand in plain message
+tuples and a store; that keeps this module testable against the real broker
+without a running faust worker, and the hot path free of per-event awaits.
+
+Durability order per batch (see README, "Exactly one effect"):
+1. every account touched is decided in offset order, its value updated once;
+2. each new value goes to the local RocksDB partition AND, as a changelog record,
+   to Kafka through the same idempotent producer as the outputs;
+3. the caller awaits ``OutputProducer.flush()`` -- all of it acknowledged by the
+   brokers (acks=all) -- and only then lets faust ack the batch's offsets.
+A crash anywhere before 3 redelivers the batch; redelivered requests find their
+idempotency records (or not, if the changelog write was lost) and re-emit the
+same outputs with the same ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, NamedTuple, Protocol
+
+from agents.rules import AccountState, Context, FraudAssessment, Outcomes, apply_leg, decide
+from agents.rules.decide import NO_FRAUD, Policy, Position
+from agents.rules.fx import FxQuote
+from agents.rules.records import Request
+from streams import topics as names
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Longest the producer retries one message before the worker gives up and exits
+# (without acking): a broker outage shorter than this is ridden out.
+DELIVERY_TIMEOUT_MS = 300_000
+FLUSH_POLL_S = 0.5
+EXIT_DELIVERY_FAILED = 70
+
+
+class Codec(Protocol):
+    def encode(self, topic: str, record: Mapping[str, Any]) -> bytes: ...
+
+    def decode(
+        self, topic: str, data: bytes, partition: int | None = None, offset: int | None = None
+    ) -> dict[str, Any]: ...
+
+
+class Message(NamedTuple):
+    """What the processors need of a consumed record."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+class Scorer(Protocol):
+    """The fraud seam: one call per batch, one assessment per request."""
+
+    def assess_batch(self, requests: list[Request]) -> list[FraudAssessment]: ...
+
+
+class NullScorer:
+    """No model yet: every request scores 0 and is approved by fraud."""
+
+    def assess_batch(self, requests: list[Request]) -> list[FraudAssessment]:
+        return [NO_FRAUD] * len(requests)
+
+
+def producer_config(settings: Settings) -> dict[str, Any]:
+    """Idempotent, acks=all, murmur2 keys (the partitioner Java clients and faust use)."""
+    return {
+        "bootstrap.servers": settings.brokers,
+        "enable.idempotence": True,
+        "acks": "all",
+        "partitioner": "murmur2_random",
+        "linger.ms": 2,
+        "batch.num.messages": 10_000,
+        "compression.type": "lz4",
+        "delivery.timeout.ms": DELIVERY_TIMEOUT_MS,
+        "queue.buffering.max.messages": 1_000_000,
+        "message.max.bytes": names.MESSAGE_BYTES_MAX + 64 * 1024,
+    }
+
+
+class OutputProducer:
+    """One producer for outputs and changelog records, flushed before offsets are acked."""
+
+    def __init__(self, settings: Settings) -> None:
+        from confluent_kafka import Producer
+
+        self._producer = Producer(producer_config(settings))
+        self._failures: list[str] = []
+        # (topic, partition) -> highest offset acknowledged since the last take.
+        self._acked: dict[tuple[str, int], int] = {}
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._failures.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+            return
+        key = (msg.topic(), msg.partition())
+        offset = msg.offset()
+        if offset > self._acked.get(key, -1):
+            self._acked[key] = offset
+
+    def produce(self, topic: str, key: bytes | None, value: bytes, partition: int = -1) -> None:
+        while True:
+            try:
+                self._producer.produce(
+                    topic, value, key, partition=partition, on_delivery=self._on_delivery
+                )
+                return
+            except BufferError:  # local queue full: let deliveries drain, then retry
+                self._producer.poll(0.05)
+
+    def poll(self) -> None:
+        self._producer.poll(0)
+
+    async def flush(self) -> None:
+        """Wait until every produced message is acknowledged; exit the process if one failed.
+
+        Exiting (rather than raising) matters: faust acks a batch's offsets even when
+        the agent raises, and an acked request whose outputs were lost is money lost.
+        """
+        loop = asyncio.get_running_loop()
+        while await loop.run_in_executor(None, self._producer.flush, FLUSH_POLL_S):
+            pass
+        if self._failures:
+            log.critical(
+                "output delivery failed, exiting without acking the batch: %s",
+                "; ".join(self._failures[:5]),
+            )
+            logging.shutdown()
+            os._exit(EXIT_DELIVERY_FAILED)
+
+    def take_acked(self) -> dict[tuple[str, int], int]:
+        acked, self._acked = self._acked, {}
+        return acked
+
+    def close(self) -> None:
+        self._producer.flush(30)
+
+
+class PartitionStore(Protocol):
+    """Raw access to one table's RocksDB partitions (implemented over faust's store)."""
+
+    def get(self, partition: int, key: bytes) -> bytes | None: ...
+
+    def put(self, partition: int, key: bytes, value: bytes) -> None: ...
+
+
+class AccountStates:
+    """Account values for one batch: read once, written once per account."""
+
+    def __init__(self, store: PartitionStore, producer: OutputProducer, changelog: str) -> None:
+        self._store = store
+        self._producer = producer
+        self._changelog = changelog
+
+    def load(self, partition: int, account_id: str) -> AccountState | None:
+        raw = self._store.get(partition, account_id.encode())
+        return AccountState.from_bytes(raw) if raw is not None else None
+
+    def save(self, partition: int, state: AccountState) -> None:
+        key = state.account_id.encode()
+        value = state.to_bytes()
+        self._store.put(partition, key, value)
+        self._producer.produce(self._changelog, key, value, partition)
+
+
+class FxRatesView(Mapping[str, FxQuote]):
+    """FX quotes by pair ("EUR/USD"), decoded from the fx.rates GlobalTable on demand."""
+
+    def __init__(self, lookup: Callable[[bytes], bytes | None], codec: Codec, topic: str) -> None:
+        self._lookup = lookup
+        self._codec = codec
+        self._topic = topic
+        self._decoded: dict[bytes, FxQuote] = {}
+
+    def __getitem__(self, pair: str) -> FxQuote:
+        raw = self._lookup(pair.encode())
+        if raw is None:
+            raise KeyError(pair)
+        quote = self._decoded.get(raw)
+        if quote is None:
+            rec = self._codec.decode(self._topic, raw)
+            quote = FxQuote(
+                rec["base"], rec["quote"], Decimal(rec["rate"]), rec["spread_bps"], rec["as_of_ms"]
+            )
+            if len(self._decoded) > 10_000:
+                self._decoded.clear()
+            self._decoded[raw] = quote
+        return quote
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+@dataclass
+class BatchStats:
+    requests: int = 0
+    legs: int = 0
+    decisions: int = 0
+    dead_letters: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+
+
+def policy_from(settings: Settings) -> Policy:
+    return Policy(
+        currencies=frozenset(settings.currencies),
+        fx_rate_max_age_ms=settings.fx_rate_max_age_s * 1000,
+        idempotency_window_ms=settings.idempotency_window_s * 1000,
+        hold_default_ms=settings.hold_default_s * 1000,
+        refund_window_ms=settings.refund_window_s * 1000,
+    )
+
+
+class Processor:
+    """Turns batches of requests and legs into state writes and outputs."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        codec: Codec,
+        states: AccountStates,
+        producer: OutputProducer,
+        fx_rates: Mapping[str, FxQuote],
+        scorer: Scorer | None = None,
+        worker_name: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.codec = codec
+        self.states = states
+        self.producer = producer
+        self.fx_rates = fx_rates
+        self.scorer = scorer or NullScorer()
+        self.policy = policy_from(settings)
+        self.worker_name = worker_name
+        self.stats = BatchStats()
+        self.t_decisions = settings.topic(names.DECISIONS)
+        self.t_ledger = settings.topic(names.LEDGER)
+        self.t_legs = settings.topic(names.LEGS)
+        self.t_notifications = settings.topic(names.NOTIFICATIONS)
+        self.t_dlq = settings.topic(names.DLQ)
+
+    # -- requests ---------------------------------------------------------------------
+    def process_requests(self, messages: list[Message]) -> None:
+        context = Context(self.policy, self.fx_rates, int(time.time() * 1000))
+        decoded: list[tuple[Message, Request]] = []
+        for message in messages:
+            request = self._decode(message, names.REQUESTS)
+            if request is not None:
+                decoded.append((message, request))  # type: ignore[arg-type]
+        assessments = self.scorer.assess_batch([request for _, request in decoded])
+        cache: dict[str, AccountState | None] = {}
+        touched: dict[str, tuple[int, AccountState]] = {}
+        for (message, request), fraud in zip(decoded, assessments, strict=True):
+            account = request["account_id"]
+            if account not in cache:
+                cache[account] = self.states.load(message.partition, account)
+            position = Position(message.topic, message.partition, message.offset)
+            state, outcomes = decide(cache[account], request, context, position, fraud)
+            cache[account] = state
+            touched[account] = (message.partition, state)
+            self._emit(account, outcomes)
+        self.stats.requests += len(messages)
+        self._save(touched)
+
+    # -- legs -------------------------------------------------------------------------
+    def process_legs(self, messages: list[Message]) -> None:
+        context = Context(self.policy, self.fx_rates, int(time.time() * 1000))
+        cache: dict[str, AccountState | None] = {}
+        touched: dict[str, tuple[int, AccountState]] = {}
+        for message in messages:
+            leg = self._decode(message, names.LEGS)
+            if leg is None:
+                continue
+            account = leg["account_id"]
+            if account not in cache:
+                cache[account] = self.states.load(message.partition, account)
+            position = Position(message.topic, message.partition, message.offset)
+            state, outcomes = apply_leg(cache[account], leg, context, position)  # type: ignore[arg-type]
+            cache[account] = state
+            touched[account] = (message.partition, state)
+            self._emit(account, outcomes)
+        self.stats.legs += len(messages)
+        self._save(touched)
+
+    # -- helpers ----------------------------------------------------------------------
+    def _decode(self, message: Message, logical_topic: str) -> dict[str, Any] | None:
+        """Decode one message or turn it into a dead letter (returns None)."""
+        from schemas.codec import SchemaError
+
+        if message.value is None:
+            self.dead_letter(message, "invalid_message", "message has no value (tombstone)")
+            return None
+        try:
+            record = self.codec.decode(
+                logical_topic, message.value, message.partition, message.offset
+            )
+        except SchemaError as exc:
+            self.dead_letter(message, "schema_error", str(exc))
+            return None
+        account = record.get("account_id")
+        if message.key is None or message.key.decode("utf-8", "replace") != account:
+            self.dead_letter(
+                message,
+                "invalid_key",
+                f"key {message.key!r} does not match account_id {account!r}: "
+                "state is partitioned by account, so the key must be the account id",
+            )
+            return None
+        return record
+
+    def _emit(self, account: str, outcomes: Outcomes) -> None:
+        encode = self.codec.encode
+        produce = self.producer.produce
+        key = account.encode()
+        for decision in outcomes.decisions:
+            produce(self.t_decisions, key, encode(names.DECISIONS, decision))
+            status = decision["decline_code"] or decision["status"]
+            self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
+        self.stats.decisions += len(outcomes.decisions)
+        for transaction in outcomes.transactions:
+            produce(self.t_ledger, key, encode(names.LEDGER, transaction))
+        for leg in outcomes.legs:
+            produce(self.t_legs, leg["account_id"].encode(), encode(names.LEGS, leg))
+        for note in outcomes.notifications:
+            produce(
+                self.t_notifications, note["account_id"].encode(), encode(names.NOTIFICATIONS, note)
+            )
+
+    def _save(self, touched: dict[str, tuple[int, AccountState]]) -> None:
+        for partition, state in touched.values():
+            self.states.save(partition, state)
+        self.producer.poll()
+
+    def dead_letter(self, message: Message, error_class: str, error: str) -> None:
+        log.warning(
+            "dead letter %s[%d]@%d: %s: %s",
+            message.topic, message.partition, message.offset, error_class, error,
+        )  # fmt: skip
+        record = {
+            "original_topic": message.topic,
+            "original_partition": message.partition,
+            "original_offset": message.offset,
+            "original_key": message.key,
+            "original_value": message.value,
+            "error_class": error_class,
+            "error": error,
+            "first_seen_ms": int(time.time() * 1000),
+            "worker": self.worker_name,
+        }
+        self.producer.produce(self.t_dlq, message.key, self.codec.encode(names.DLQ, record))
+        self.stats.dead_letters += 1

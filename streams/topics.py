@@ -1,0 +1,118 @@
+"""Topic declarations (names, partitions, compaction) and ``paystream topics create``.
+
+The table here is the single source of truth: the faust app declares its topics
+from it, and ``topics create`` creates them idempotently with the AdminClient.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from streams.errors import CommandError
+from streams.settings import Settings
+
+REQUESTS = "payments.requests"
+LEGS = "payments.legs"
+DECISIONS = "payments.decisions"
+LEDGER = "ledger.entries"
+NOTIFICATIONS = "notifications"
+FX_RATES = "fx.rates"
+FRAUD_LABELS = "fraud.labels"
+FRAUD_MODELS = "fraud.models"
+DLQ = "payments.dlq"
+
+ADMIN_TIMEOUT_S = 30.0
+# Requests can carry metadata; anything larger than this is a dead letter, not a payment.
+MESSAGE_BYTES_MAX = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    copartitioned: bool  # uses Settings.partitions (must match payments.requests)
+    partitions_fixed: int | None = None
+    compacted: bool = False
+    doc: str = ""
+
+    def partitions(self, settings: Settings) -> int:
+        return self.partitions_fixed or settings.partitions
+
+    def config(self) -> dict[str, str]:
+        config = {"max.message.bytes": str(MESSAGE_BYTES_MAX)}
+        if self.compacted:
+            config["cleanup.policy"] = "compact"
+        return config
+
+
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec(REQUESTS, True, doc="commands from producers, keyed by payer"),
+    TopicSpec(
+        LEGS, True, doc="payee credit legs and refund legs, keyed by the account they apply to"
+    ),
+    TopicSpec(DECISIONS, True, doc="one effective decision per request"),
+    TopicSpec(LEDGER, True, doc="balanced double-entry transactions"),
+    TopicSpec(NOTIFICATIONS, True, doc="user-facing events"),
+    TopicSpec(FX_RATES, False, partitions_fixed=1, compacted=True, doc="latest rate per pair"),
+    TopicSpec(FRAUD_LABELS, True, doc="chargebacks and review verdicts"),
+    TopicSpec(FRAUD_MODELS, False, partitions_fixed=1, compacted=True, doc="active model"),
+    TopicSpec(DLQ, True, doc="dead letters with their bytes and context"),
+)
+
+
+def create_topics(settings: Settings) -> list[str]:
+    """Create every topic that is missing; verify the ones that exist. Returns names created."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": settings.brokers})
+    try:
+        existing = admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics
+    except KafkaException as exc:
+        raise CommandError(
+            f"cannot reach Kafka at {settings.brokers}: {exc}; is it running (`paystream dev up`)?"
+        ) from exc
+    missing = []
+    for spec in TOPICS:
+        name = settings.topic(spec.name)
+        want = spec.partitions(settings)
+        if name in existing:
+            have = len(existing[name].partitions)
+            if have != want:
+                raise CommandError(
+                    f"topic {name} has {have} partitions, configuration says {want}: "
+                    "co-partitioned state would be read from the wrong partition; "
+                    "fix PAYSTREAM_PARTITIONS or recreate the topic"
+                )
+            continue
+        missing.append(NewTopic(name, want, settings.replication_factor, config=spec.config()))
+    if not missing:
+        return []
+    futures = admin.create_topics(missing, operation_timeout=ADMIN_TIMEOUT_S)
+    created = []
+    for name, future in futures.items():
+        try:
+            future.result()
+            created.append(name)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" in str(exc):  # another process won the race
+                continue
+            raise CommandError(f"cannot create topic {name}: {exc}") from exc
+    return created
+
+
+def _cmd_create(args: argparse.Namespace, settings: Settings) -> int:
+    created = create_topics(settings)
+    for spec in TOPICS:
+        name = settings.topic(spec.name)
+        state = "created" if name in created else "exists"
+        print(f"{name:<40} {spec.partitions(settings):>3} partitions  {state}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    topics = subparsers.add_parser("topics", help="Kafka topic administration")
+    sub = topics.add_subparsers(dest="topics_command", metavar="ACTION")
+    sub.required = True
+    create = sub.add_parser("create", help="create every paystream topic (idempotent)")
+    create.set_defaults(func=_cmd_create)
