@@ -85,7 +85,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "compression.type": "lz4",
         "delivery.timeout.ms": DELIVERY_TIMEOUT_MS,
         "queue.buffering.max.messages": 1_000_000,
-        "message.max.bytes": names.MESSAGE_BYTES_MAX + 64 * 1024,
+        "message.max.bytes": names.DEAD_LETTER_BYTES_MAX,
     }
 
 

@@ -25,6 +25,7 @@ DLQ = "payments.dlq"
 ADMIN_TIMEOUT_S = 30.0
 # Requests can carry metadata; anything larger than this is a dead letter, not a payment.
 MESSAGE_BYTES_MAX = 1024 * 1024
+DEAD_LETTER_BYTES_MAX = 2 * MESSAGE_BYTES_MAX + 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,9 @@ class TopicSpec:
         return self.partitions_fixed or settings.partitions
 
     def config(self) -> dict[str, str]:
-        config = {"max.message.bytes": str(MESSAGE_BYTES_MAX)}
+        # A dead letter carries the original bytes plus context: give it room for both.
+        limit = DEAD_LETTER_BYTES_MAX if self.name == DLQ else MESSAGE_BYTES_MAX
+        config = {"max.message.bytes": str(limit)}
         if self.compacted:
             config["cleanup.policy"] = "compact"
         return config
