@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "PAYSTREAM_"
+# Variables the test session reads (e.g. PAYSTREAM_TEST_BROKERS); not settings.
+TEST_ENV_PREFIX = "PAYSTREAM_TEST_"
 
 
 class SettingsError(ValueError):
@@ -174,7 +176,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     known = {f.name: f for f in dataclasses.fields(Settings)}
     values: dict[str, Any] = {}
     for key, raw in env.items():
-        if not key.startswith(ENV_PREFIX):
+        if not key.startswith(ENV_PREFIX) or key.startswith(TEST_ENV_PREFIX):
             continue
         name = key[len(ENV_PREFIX) :].lower()
         if name not in known:
