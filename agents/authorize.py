@@ -15,7 +15,7 @@ from schemas.codec import load_codec
 
 from agents.pipeline import AccountStates, FxRatesView, Message, OutputProducer, Processor
 from streams import topics as names
-from streams.app import accounts, app, fx_rates, legs_topic, requests_topic, settings
+from streams.app import accounts, app, fx_rates, fx_rates_topic, legs_topic, requests_topic, settings
 
 log = logging.getLogger(__name__)
 EXIT_INTERNAL_ERROR = 71
@@ -96,3 +96,22 @@ async def credit_legs(stream: faust.StreamT) -> None:
     within = settings.batch_within_ms / 1000
     async for events in stream.take_events(settings.batch_size_max, within=within):
         await _run_batch(processor.process_legs, list(events))
+
+
+@app.agent(fx_rates_topic, name="fx")
+async def copy_fx_rates(stream: faust.StreamT) -> None:
+    """fx.rates -> the fx-rates GlobalTable (low volume: one event at a time is fine).
+
+    Rates are checked here once, so the hot path can trust the table: an
+    undecodable rate becomes a dead letter and never reaches a decision.
+    """
+    from schemas.codec import SchemaError
+
+    async for event in stream.events():
+        message = event.message
+        try:
+            codec.decode(names.FX_RATES, message.value, message.partition, message.offset)
+        except SchemaError as exc:
+            processor.dead_letter(_messages([event])[0], "schema_error", str(exc))
+            continue
+        fx_rates[message.key] = message.value

@@ -33,6 +33,7 @@ def worker_dir(settings: Settings) -> Path:
 
 
 def create_app(settings: Settings) -> faust.App:
+    worker_dir(settings).parent.mkdir(parents=True, exist_ok=True)
     brokers = [f"kafka://{hostport.strip()}" for hostport in settings.brokers.split(",")]
     return faust.App(
         settings.app_id,
@@ -56,7 +57,6 @@ def create_app(settings: Settings) -> faust.App:
         # Each request's effects are flushed before its offset is acked (agents/pipeline.py),
         # so committing often costs little and shortens redelivery after a crash.
         broker_commit_interval=1.0,
-        topic_disable_leader=True,
     )
 
 
@@ -85,8 +85,7 @@ fx_rates = app.GlobalTable(
     key_type=bytes,
     value_type=bytes,
     partitions=1,
-    # fx.rates itself is the changelog: every worker reads all of it, nothing is written back.
-    changelog_topic=fx_rates_topic,
     options=dict(ROCKSDB_OPTIONS),
-    help="Latest rate per currency pair, from fx.rates.",
+    help="Latest rate per currency pair, copied from fx.rates by the fx agent; every worker "
+    "reads the whole table.",
 )

@@ -25,6 +25,22 @@ from streams.settings import Settings, load_settings
 
 DECISIONS_CACHED_MAX = 100_000
 POLL_S = 0.1
+WATERMARK_TIMEOUT_S = 15.0
+
+
+def _end_offset(consumer: Any, partition: Any) -> int:
+    """High watermark of a partition, retried while a new topic's leader settles."""
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + WATERMARK_TIMEOUT_S
+    while True:
+        try:
+            _, high = consumer.get_watermark_offsets(partition, timeout=WATERMARK_TIMEOUT_S)
+            return int(high)
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(POLL_S)
 
 
 class DecisionTimeout(PaystreamError):
@@ -149,7 +165,7 @@ class PaymentClient:
             raise PaystreamError(f"cannot read {topic}: {metadata.topics[topic].error}")
         assignment = []
         for partition in metadata.topics[topic].partitions:
-            _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            high = _end_offset(consumer, TopicPartition(topic, partition))
             assignment.append(TopicPartition(topic, partition, high))
         consumer.assign(assignment)
         thread = threading.Thread(target=self._watch, args=(consumer,), daemon=True)
@@ -187,6 +203,19 @@ class PaymentClient:
                     )
                 self._arrived.wait(min(left, POLL_S))
             return self._decisions[request_id]
+
+    def decided(self, request_ids: set[str], wait_s: float = 0.0) -> dict[str, Decision]:
+        """Decisions seen so far for any of ``request_ids``, after waiting up to ``wait_s``."""
+        with self._arrived:
+            if wait_s > 0:
+                self._arrived.wait(wait_s)
+            return {rid: self._decisions[rid] for rid in request_ids if rid in self._decisions}
+
+    def publish_fx_rate(self, base: str, quote: str, rate: str, spread_bps: int, as_of_ms: int) -> None:
+        """Publish a rate on fx.rates (compacted, keyed "BASE/QUOTE"); rate is a decimal string."""
+        record = {"base": base, "quote": quote, "rate": rate, "spread_bps": spread_bps, "as_of_ms": as_of_ms}
+        value = self._codec.encode(names.FX_RATES, record)
+        self._producer.produce(self.settings.topic(names.FX_RATES), value, f"{base}/{quote}".encode())
 
     def close(self) -> None:
         self._producer.flush(30)

@@ -7,7 +7,9 @@ from it, and ``topics create`` creates them idempotently with the AdminClient.
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import dataclass
+from typing import Any
 
 from streams.errors import CommandError
 from streams.settings import Settings
@@ -23,6 +25,7 @@ FRAUD_MODELS = "fraud.models"
 DLQ = "payments.dlq"
 
 ADMIN_TIMEOUT_S = 30.0
+LEADER_POLL_S = 0.1
 # Requests can carry metadata; anything larger than this is a dead letter, not a payment.
 MESSAGE_BYTES_MAX = 1024 * 1024
 DEAD_LETTER_BYTES_MAX = 2 * MESSAGE_BYTES_MAX + 64 * 1024
@@ -101,7 +104,27 @@ def create_topics(settings: Settings) -> list[str]:
             if "TOPIC_ALREADY_EXISTS" in str(exc):  # another process won the race
                 continue
             raise CommandError(f"cannot create topic {name}: {exc}") from exc
+    _wait_for_leaders(admin, created)
     return created
+
+
+def _wait_for_leaders(admin: Any, topic_names: list[str]) -> None:
+    """Block until every partition of the new topics has a leader (clients fail before)."""
+    deadline = time.monotonic() + ADMIN_TIMEOUT_S
+    waiting = set(topic_names)
+    while waiting:
+        metadata = admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics
+        for name in list(waiting):
+            topic = metadata.get(name)
+            if topic is not None and topic.error is None and topic.partitions and all(
+                p.leader >= 0 and p.error is None for p in topic.partitions.values()
+            ):
+                waiting.discard(name)
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise CommandError(f"topics without a partition leader after {ADMIN_TIMEOUT_S} s: {sorted(waiting)}")
+        time.sleep(LEADER_POLL_S)
 
 
 def _cmd_create(args: argparse.Namespace, settings: Settings) -> int:

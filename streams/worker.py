@@ -19,13 +19,7 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from streams.app import app
     from streams.app import settings as worker_settings
 
-    worker = Worker(
-        app,
-        loglevel=worker_settings.log_level.lower(),
-        web_port=worker_settings.web_port,
-        web_host="127.0.0.1",
-        web_bind="127.0.0.1",
-    )
+    worker = Worker(app, loglevel=worker_settings.log_level.lower())
     worker.execute_from_commandline()
     return 0
 

@@ -22,7 +22,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-from agents.rules.fx import FxQuote, convert_minor, effective_rate, pair_key, pro_rata_minor
+from agents.rules.fx import (
+    FxQuote,
+    convert_minor,
+    effective_rate,
+    effective_rate_exact,
+    pair_key,
+    pro_rata_minor,
+)
 from agents.rules.money import AMOUNT_MINOR_MAX, CURRENCY_EXPONENTS
 from agents.rules.records import (
     Decision,
@@ -202,12 +209,19 @@ def decide(
     if record is not None:
         out.extend(_repeat(record, request, fingerprint, state))
         return state, out
-    if request["created_at_ms"] < state.clock_ms - context.policy.idempotency_window_ms:
-        # Its idempotency record may already be pruned: applying it could move money twice.
-        out.decisions.append(_decline(request, context, REQUEST_EXPIRED))
+    # The two declines below are not stored: they are stamped with the request's own
+    # time (not the wall clock) so that a redelivery derives the identical decision.
+    if request["created_at_ms"] <= state.clock_ms - context.policy.idempotency_window_ms:
+        # Its idempotency record may already be pruned (_housekeep prunes records created
+        # at or before this horizon): applying it could move money twice.
+        out.decisions.append(
+            _decision(request, "DECLINED", REQUEST_EXPIRED, request["created_at_ms"])
+        )
         return state, out
     if len(state.idempotency) >= context.policy.idempotency_keys_max:
-        out.decisions.append(_decline(request, context, TOO_MANY_REQUESTS))
+        out.decisions.append(
+            _decision(request, "DECLINED", TOO_MANY_REQUESTS, request["created_at_ms"])
+        )
         return state, out
 
     result = _apply_request(state, request, context, position, fraud)
@@ -246,6 +260,11 @@ def _repeat(
     if record.request_id == request["request_id"]:
         # Redelivery or replay of the very same request: re-emit what it produced.
         return Outcomes.from_dict(record.outcomes)
+    # A retry or conflicting reuse is answered from this record, so keep the record for a
+    # window after the latest such request too: were it pruned earlier, a redelivery of
+    # that request would be applied as new (moving money twice, or approving a request
+    # already declined as a conflict). Pruning is lazy; _housekeep finds the new deadline.
+    record.created_at_ms = max(record.created_at_ms, request["created_at_ms"])
     if record.fingerprint != fingerprint:
         # Derived, not stored: decided_at is the request's own time so redeliveries match.
         decision = _decision(request, "DECLINED", IDEMPOTENCY_CONFLICT, request["created_at_ms"])
@@ -331,15 +350,26 @@ def _settle(
     home = state.home_currency
     if home is None:
         return INSUFFICIENT_FUNDS
-    quote = context.fx_rates.get(pair_key(currency, home))
-    if quote is None:
-        inverse = context.fx_rates.get(pair_key(home, currency))
-        quote = inverse.inverse() if inverse is not None else None
-    if quote is None or state.clock_ms - quote.as_of_ms > context.policy.fx_rate_max_age_ms:
+    direct = context.fx_rates.get(pair_key(currency, home))
+    quote = direct if direct is not None else context.fx_rates.get(pair_key(home, currency))
+    if (
+        quote is None
+        or not _usable_quote(quote)
+        or state.clock_ms - quote.as_of_ms > context.policy.fx_rate_max_age_ms
+    ):
         return FX_RATE_UNAVAILABLE
-    rate = effective_rate(quote)
-    settled = convert_minor(amount_minor, currency, home, rate, round_up=True)
-    return _Settlement(home, settled, _rate_text(rate), quote.spread_bps)
+    inverted = direct is None
+    exact = effective_rate_exact(quote, inverted=inverted)
+    settled = convert_minor(amount_minor, currency, home, exact, round_up=True)
+    if settled > AMOUNT_MINOR_MAX:
+        return INVALID_AMOUNT
+    shown = effective_rate(quote.inverse() if inverted else quote)
+    return _Settlement(home, settled, _rate_text(shown), quote.spread_bps)
+
+
+def _usable_quote(quote: FxQuote) -> bool:
+    """A rate from fx.rates is data, not trusted code: zero, negative or NaN is unusable."""
+    return quote.rate.is_finite() and quote.rate > 0 and quote.spread_bps >= 0
 
 
 def _rate_text(rate: Any) -> str:
@@ -361,7 +391,7 @@ def _topup(
 ) -> Outcomes:
     currency, amount = request["currency"], request["amount_minor"]
     balance = state.balance(currency)
-    if balance.available_minor + amount > AMOUNT_MINOR_MAX:
+    if balance.total_minor + amount > AMOUNT_MINOR_MAX:
         return Outcomes(
             decisions=[
                 _decline(
@@ -398,9 +428,8 @@ def _payment(
     """PAYMENT moves money now; AUTHORIZE (and a PAYMENT sent to review) holds it."""
     kind = request["kind"]
     if fraud.action == "DECLINE":
-        return Outcomes(
-            decisions=[_decline(request, context, FRAUDULENT, *fraud.reasons, fraud=fraud)]
-        )
+        # _decision_for already lists the fraud reasons.
+        return Outcomes(decisions=[_decline(request, context, FRAUDULENT, fraud=fraud)])
     settlement = _settle(state, request["amount_minor"], request["currency"], context)
     if isinstance(settlement, str):
         return Outcomes(decisions=[_decline(request, context, settlement, fraud=fraud)])
@@ -413,9 +442,9 @@ def _payment(
     hold = kind == "AUTHORIZE" or fraud.action == "REVIEW"
     expires_at = None
     if hold:
-        expires_at = (
-            request["expires_at_ms"] or request["created_at_ms"] + context.policy.hold_default_ms
-        )
+        expires_at = request["expires_at_ms"]
+        if expires_at is None:  # not `or`: 0 is a time (long past), not "no expiry given"
+            expires_at = request["created_at_ms"] + context.policy.hold_default_ms
         if expires_at <= state.clock_ms:
             return Outcomes(
                 decisions=[
@@ -471,6 +500,7 @@ def _payment(
         position,
         fraud,
         "payment.succeeded",
+        settlement.spread_bps,
     )
 
 
@@ -484,6 +514,7 @@ def _money_moved(
     position: Position,
     fraud: FraudAssessment,
     event: str,
+    spread_bps: int | None = None,
 ) -> Outcomes:
     """Postings, the payee's credit leg, the decision and the payer's notification of a transfer."""
     kind = "payment" if request["kind"] == "PAYMENT" else "capture"
@@ -498,7 +529,7 @@ def _money_moved(
         amount_minor,
         record.fx_rate,
     )
-    settlement = _Settlement(record.settled_currency, settled_minor, record.fx_rate, None)
+    settlement = _Settlement(record.settled_currency, settled_minor, record.fx_rate, spread_bps)
     return Outcomes(
         decisions=[
             _decision_for(request, context, "APPROVED", fraud, record.payment_id, settlement)
@@ -691,9 +722,8 @@ def _payout(
     fraud: FraudAssessment,
 ) -> Outcomes:
     if fraud.action == "DECLINE":
-        return Outcomes(
-            decisions=[_decline(request, context, FRAUDULENT, *fraud.reasons, fraud=fraud)]
-        )
+        # _decision_for already lists the fraud reasons.
+        return Outcomes(decisions=[_decline(request, context, FRAUDULENT, fraud=fraud)])
     settlement = _settle(state, request["amount_minor"], request["currency"], context)
     if isinstance(settlement, str):
         return Outcomes(decisions=[_decline(request, context, settlement, fraud=fraud)])

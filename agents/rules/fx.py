@@ -9,8 +9,10 @@ asked for. The sub-minor residue stays in the FX clearing accounts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal
+from decimal import Context, Decimal
+from fractions import Fraction
 
 from agents.rules.money import exponent
 
@@ -51,18 +53,33 @@ def effective_rate(quote: FxQuote) -> Decimal:
     )
 
 
+def effective_rate_exact(quote: FxQuote, *, inverted: bool = False) -> Fraction:
+    """``effective_rate`` as an exact fraction; ``inverted``: the reverse pair's rate.
+
+    The reverse pair's rate is 1/rate, which a Decimal cannot hold exactly (1/150);
+    converting at a rounded inverse and then rounding up can overcharge a unit.
+    """
+    rate = Fraction(quote.rate)
+    if inverted:
+        rate = 1 / rate
+    return rate * Fraction(BPS_PER_UNIT + quote.spread_bps, BPS_PER_UNIT)
+
+
 def convert_minor(
-    amount_minor: int, source: str, target: str, rate: Decimal, *, round_up: bool
+    amount_minor: int, source: str, target: str, rate: Decimal | Fraction, *, round_up: bool
 ) -> int:
     """Convert minor units of ``source`` to minor units of ``target`` at ``rate`` (target/source).
 
-    Exact: minor -> major (scaleb), multiply by rate, -> minor of target, one rounding step.
+    Exact rational arithmetic, then one rounding step. (Decimal would round the
+    product to the context precision first: 28 digits by default, too few for a
+    19-digit amount times a precise rate.)
     """
-    exact = _DECIMAL.multiply(Decimal(amount_minor), rate).scaleb(
-        exponent(target) - exponent(source)
+    exact = (
+        Fraction(amount_minor)
+        * Fraction(rate)
+        * Fraction(10) ** (exponent(target) - exponent(source))
     )
-    rounded = exact.to_integral_value(rounding=ROUND_CEILING if round_up else ROUND_FLOOR)
-    return int(rounded)
+    return math.ceil(exact) if round_up else math.floor(exact)
 
 
 def pro_rata_minor(total_minor: int, part: int, whole: int, *, round_up: bool) -> int:

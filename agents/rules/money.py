@@ -7,7 +7,7 @@ rather than guessed at.
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, DecimalException, Inexact, InvalidOperation
 
 # ISO 4217 minor-unit exponents (number of decimal places).
 CURRENCY_EXPONENTS: dict[str, int] = {
@@ -23,6 +23,9 @@ CURRENCY_EXPONENTS: dict[str, int] = {
 
 # Avro `long`: the largest amount any message can carry.
 AMOUNT_MINOR_MAX = 2**63 - 1
+
+# Scaling must be exact: an Inexact result means digits would be silently dropped.
+_EXACT = Context(prec=100, traps=[InvalidOperation, Inexact])
 
 
 class MoneyError(ValueError):
@@ -48,13 +51,16 @@ def to_minor(amount: str | Decimal | int, currency: str) -> int:
         raise MoneyError(f"{amount!r} is not a decimal amount") from None
     if not value.is_finite():
         raise MoneyError(f"{amount!r} is not a finite amount")
-    scaled = value.scaleb(exponent(currency))
+    try:
+        scaled = value.scaleb(exponent(currency), context=_EXACT)
+    except DecimalException:
+        raise MoneyError(f"{amount} {currency} cannot be represented in minor units") from None
     if scaled != scaled.to_integral_value():
         raise MoneyError(f"{amount} {currency} has more than {exponent(currency)} decimal places")
-    minor = int(scaled)
-    if abs(minor) > AMOUNT_MINOR_MAX:
+    # Compare before int(): converting a huge exponent ("1e999990") to int takes minutes.
+    if abs(scaled) > AMOUNT_MINOR_MAX:
         raise MoneyError(f"{amount} {currency} exceeds the largest representable amount")
-    return minor
+    return int(scaled)
 
 
 def to_major(amount_minor: int, currency: str) -> Decimal:

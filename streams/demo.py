@@ -1,0 +1,196 @@
+"""``paystream demo``: the main job on embedded defaults, start to finish.
+
+Brings up Kafka and PostgreSQL (unless they already run), creates a fresh set of
+topics, starts a real worker, sends a simulated load and prints a report:
+decisions by status and decline code, throughput, latency percentiles, and a
+check that the ledger postings balance. It leaves nothing running that it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter, defaultdict
+from typing import Any
+
+from streams.settings import Settings
+
+WORKER_STOP_TIMEOUT_S = 30.0
+DECISIONS_TIMEOUT_S = 300.0
+PROGRESS_EVERY_S = 0.5
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(fraction * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def progress(label: str, done: int, total: int, started: float) -> None:
+    width = 30
+    filled = int(width * done / max(total, 1))
+    rate = done / max(time.monotonic() - started, 1e-9)
+    bar = "#" * filled + "." * (width - filled)
+    sys.stderr.write(f"\r{label:<10} [{bar}] {done}/{total} {rate:,.0f}/s ")
+    sys.stderr.flush()
+
+
+def _start_infra(settings: Settings) -> tuple[Settings, list[Any]]:
+    """Start dev Kafka and PostgreSQL if not running; return settings and what to stop."""
+    from streams.dev.kafka import KafkaBroker
+    from streams.dev.postgres import PostgresServer
+
+    started: list[Any] = []
+    broker = KafkaBroker.from_settings(settings)
+    kafka = broker.start()
+    if not kafka.already_running:
+        started.append(broker)
+    print(f"kafka     {kafka.bootstrap} ({'reused' if kafka.already_running else f'started in {kafka.elapsed_s:.1f} s'})")
+    server = PostgresServer.from_settings(settings)
+    postgres = server.start()
+    if not postgres.already_running:
+        started.append(server)
+    print(f"postgres  {postgres.dsn} ({'reused' if postgres.already_running else f'started in {postgres.elapsed_s:.1f} s'})")
+    return settings.replace(brokers=kafka.bootstrap, database_url=postgres.dsn), started
+
+
+def _worker_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYSTREAM_")}
+    env.update(
+        PAYSTREAM_BROKERS=settings.brokers,
+        PAYSTREAM_TOPIC_PREFIX=settings.topic_prefix,
+        PAYSTREAM_APP_ID=settings.app_id,
+        PAYSTREAM_PARTITIONS=str(settings.partitions),
+        PAYSTREAM_STATE_DIR=str(settings.state_dir),
+        PAYSTREAM_WEB_PORT=str(settings.web_port),
+        PAYSTREAM_LOG_LEVEL="WARNING",
+    )
+    return env
+
+
+def run_demo(settings: Settings, requests: int, accounts: int, external: bool = False) -> int:
+    """Run the demo; ``external`` uses the configured brokers and already-running workers."""
+    from streams.client import PaymentClient
+    from streams.loadgen import LoadSpec, fx_rates, generate
+    from streams.topics import create_topics
+
+    started: list[Any] = []
+    worker = None
+    log_path = settings.state_dir / "demo-worker.log"
+    if not external:
+        settings, started = _start_infra(settings)
+        run = uuid.uuid4().hex[:6]
+        settings = settings.replace(topic_prefix=f"demo-{run}.", app_id=f"paystream-demo-{run}")
+    try:
+        create_topics(settings)
+        if not external:
+            log_path = settings.state_dir / f"demo-worker-{settings.app_id}.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with log_path.open("wb") as log_file:
+                worker = subprocess.Popen(
+                    [sys.executable, "-m", "streams.cli", "worker"],
+                    env=_worker_env(settings), stdout=log_file, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )  # fmt: skip
+            print(f"worker    pid {worker.pid}, log {log_path}")
+        spec = LoadSpec(requests=requests, accounts=accounts, start_ms=int(time.time() * 1000), step_ms=1)
+        load = list(generate(spec))
+        distinct = {r["request_id"] for r in load}
+        with PaymentClient(settings) as client:
+            for rate in fx_rates(spec.currencies, spec.start_ms):
+                client.publish_fx_rate(
+                    rate["base"], rate["quote"], rate["rate"], rate["spread_bps"], rate["as_of_ms"]
+                )
+            client.flush()
+            sent_at: dict[str, float] = {}
+            t0 = time.monotonic()
+            last = 0.0
+            for i, request in enumerate(load, 1):
+                sent_at.setdefault(request["request_id"], time.monotonic())
+                client.submit_request(request)
+                if time.monotonic() - last > PROGRESS_EVERY_S:
+                    progress("sending", i, len(load), t0)
+                    last = time.monotonic()
+            client.flush()
+            progress("sending", len(load), len(load), t0)
+            sys.stderr.write("\n")
+            decided: dict[str, dict[str, Any]] = {}
+            latencies_ms: list[float] = []
+            deadline = time.monotonic() + DECISIONS_TIMEOUT_S
+            pending = set(distinct)
+            while pending and time.monotonic() < deadline:
+                if worker is not None and worker.poll() is not None:
+                    print(f"\nworker exited with {worker.returncode}; see {log_path}")
+                    return 1
+                arrived = client.decided(pending, wait_s=0.2)
+                decided.update(arrived)  # type: ignore[arg-type]
+                now = time.monotonic()
+                for rid in arrived:
+                    pending.discard(rid)
+                    latencies_ms.append((now - sent_at[rid]) * 1000)
+                if now - last > PROGRESS_EVERY_S:
+                    progress("deciding", len(decided), len(distinct), t0)
+                    last = now
+            elapsed = time.monotonic() - t0
+            progress("deciding", len(decided), len(distinct), t0)
+            sys.stderr.write("\n")
+        _report(load, distinct, decided, latencies_ms, elapsed)
+        return 0 if not pending else 1
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(WORKER_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        for server in reversed(started):
+            server.stop()
+
+
+def _report(
+    load: list[Any], distinct: set[str], decided: dict[str, dict[str, Any]],
+    latencies_ms: list[float], elapsed_s: float,
+) -> None:  # fmt: skip
+    by_outcome = Counter(d["decline_code"] or d["status"] for d in decided.values())
+    by_kind: dict[str, Counter[str]] = defaultdict(Counter)
+    for d in decided.values():
+        by_kind[d["kind"]][d["status"]] += 1
+    latencies_ms.sort()
+    print()
+    print("paystream demo report")
+    print(f"  requests sent        {len(load):>8}  ({len(distinct)} distinct, the rest producer retries)")
+    print(f"  decisions            {len(decided):>8}  ({len(distinct) - len(decided)} missing)")
+    print(f"  throughput           {len(decided) / max(elapsed_s, 1e-9):>8,.0f} decisions/s over {elapsed_s:.1f} s (send + decide)")
+    print(
+        f"  latency send->seen   p50 {percentile(latencies_ms, 0.5):.0f} ms  "
+        f"p95 {percentile(latencies_ms, 0.95):.0f} ms  p99 {percentile(latencies_ms, 0.99):.0f} ms  "
+        "(everything is sent at once, so this includes queueing)"
+    )
+    print("  by outcome:")
+    for outcome, count in by_outcome.most_common():
+        print(f"    {outcome:<32} {count:>7}")
+    print("  by kind:")
+    for kind, counts in sorted(by_kind.items()):
+        print(f"    {kind:<10} " + "  ".join(f"{s.lower()} {n}" for s, n in sorted(counts.items())))
+
+
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    return run_demo(settings, args.requests, args.accounts, external=args.external)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    demo = subparsers.add_parser("demo", help="run the whole pipeline on a simulated load and report")
+    demo.add_argument("--requests", type=int, default=5000)
+    demo.add_argument("--accounts", type=int, default=500)
+    demo.add_argument(
+        "--external",
+        action="store_true",
+        help="use PAYSTREAM_BROKERS and running workers instead of starting them (docker compose)",
+    )
+    demo.set_defaults(func=_cmd_demo)

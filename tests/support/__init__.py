@@ -1,0 +1,1 @@
+"""Test support: real worker processes and topic readers for integration tests."""

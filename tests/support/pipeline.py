@@ -1,0 +1,175 @@
+"""Run real `paystream worker` processes against the session's broker and read topics back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from agents.pipeline import producer_config
+from agents.rules.records import Request
+from schemas.codec import load_codec
+from streams import topics as names
+from streams.dev import free_loopback_ports
+from streams.settings import Settings, load_settings
+from streams.topics import create_topics
+
+WORKER_READY_TIMEOUT_S = 90.0
+WORKER_STOP_TIMEOUT_S = 30.0
+
+
+def isolated_settings(bootstrap: str, state_dir: Path, partitions: int = 4, **extra: str) -> Settings:
+    """Settings for one test: its own topics (prefix), consumer group and state dir."""
+    run = uuid.uuid4().hex[:8]
+    env = {
+        "PAYSTREAM_BROKERS": bootstrap,
+        "PAYSTREAM_TOPIC_PREFIX": f"t{run}.",
+        "PAYSTREAM_APP_ID": f"paystream-t{run}",
+        "PAYSTREAM_PARTITIONS": str(partitions),
+        "PAYSTREAM_STATE_DIR": str(state_dir),
+        "PAYSTREAM_WEB_PORT": str(free_loopback_ports(1)[0]),
+        "PAYSTREAM_LOG_LEVEL": "INFO",
+        **extra,
+    }
+    settings = load_settings(env)
+    create_topics(settings)
+    return settings
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYSTREAM_")}
+    env.update(
+        PAYSTREAM_BROKERS=settings.brokers,
+        PAYSTREAM_TOPIC_PREFIX=settings.topic_prefix,
+        PAYSTREAM_APP_ID=settings.app_id,
+        PAYSTREAM_PARTITIONS=str(settings.partitions),
+        PAYSTREAM_STATE_DIR=str(settings.state_dir),
+        PAYSTREAM_WEB_PORT=str(settings.web_port),
+        PAYSTREAM_LOG_LEVEL=settings.log_level,
+        PAYSTREAM_FX_RATE_MAX_AGE_S=str(settings.fx_rate_max_age_s),
+    )
+    return env
+
+
+@dataclass
+class Worker:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    web_port: int
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+@contextmanager
+def running_worker(settings: Settings, web_port: int | None = None) -> Iterator[Worker]:
+    """A real faust worker subprocess; stopped (SIGTERM, then SIGKILL) on exit."""
+    port = web_port or settings.web_port
+    env = settings_env(settings)
+    env["PAYSTREAM_WEB_PORT"] = str(port)
+    log_path = settings.state_dir / f"worker-{port}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"],
+            env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    worker = Worker(process, log_path, port)
+    try:
+        yield worker
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(WORKER_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
+def produce(settings: Settings, topic: str, records: Iterable[tuple[str, dict[str, Any]]]) -> int:
+    """Avro-encode and send (key, record) pairs to a logical topic; returns the count."""
+    codec = load_codec(settings.schema_registry_url)
+    producer = Producer(producer_config(settings))
+    count = 0
+    for key, record in records:
+        value = codec.encode(topic, record)
+        while True:
+            try:
+                producer.produce(settings.topic(topic), value, key.encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+        count += 1
+    assert producer.flush(30) == 0
+    return count
+
+
+def produce_raw(settings: Settings, topic: str, key: bytes | None, value: bytes) -> None:
+    producer = Producer(producer_config(settings))
+    producer.produce(settings.topic(topic), value, key)
+    assert producer.flush(30) == 0
+
+
+def send_requests(settings: Settings, requests: Iterable[Request]) -> int:
+    return produce(settings, names.REQUESTS, ((r["account_id"], dict(r)) for r in requests))
+
+
+def publish_fx_rates(settings: Settings, rates: Iterable[dict[str, Any]]) -> int:
+    return produce(
+        settings,
+        names.FX_RATES,
+        ((r["key"], {k: v for k, v in r.items() if k != "key"}) for r in rates),
+    )
+
+
+def read_topic(
+    settings: Settings,
+    topic: str,
+    *,
+    until: Any = None,
+    timeout_s: float = 60.0,
+    decode: bool = True,
+) -> list[Any]:
+    """Read a logical topic from the beginning until ``until(records)`` is true or time runs out."""
+    codec = load_codec(settings.schema_registry_url)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.brokers,
+            "group.id": f"test-reader-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    name = settings.topic(topic)
+    meta = consumer.list_topics(name, timeout=10).topics[name]
+    consumer.assign([TopicPartition(name, p, 0) for p in meta.partitions])
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            for msg in consumer.consume(5000, 0.2):
+                if msg.error() is not None:
+                    continue
+                if decode:
+                    records.append(codec.decode(topic, msg.value(), msg.partition(), msg.offset()))
+                else:
+                    records.append(msg)
+            if until is not None and until(records):
+                break
+            if until is None and time.monotonic() > deadline - timeout_s + 5:
+                break
+    finally:
+        consumer.close()
+    return records
