@@ -57,7 +57,7 @@ processor = Processor(
     codec,
     AccountStates(partition_store, producer, changelog_name),
     producer,
-    FxRatesView(lambda pair: fx_rates.get(pair), codec, settings.topic(names.FX_RATES)),
+    FxRatesView(lambda pair: fx_rates.get(pair), codec, names.FX_RATES),
     worker_name=f"{socket.gethostname()}:{settings.web_port}",
 )
 

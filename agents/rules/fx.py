@@ -1,7 +1,7 @@
-"""Foreign exchange with exact decimal arithmetic.
+"""Foreign exchange with exact arithmetic.
 
-Rounding rule (documented in the README): a conversion is computed exactly with
-``Decimal`` and rounded once, to the minor unit of the target currency, always in
+Rounding rule (documented in the README): a conversion is computed exactly (as a
+fraction) and rounded once, to the minor unit of the target currency, always in
 the house's favour -- the payer is charged rounded UP, a payer receiving money
 back is credited rounded DOWN. The payee always receives exactly the amount it
 asked for. The sub-minor residue stays in the FX clearing accounts.

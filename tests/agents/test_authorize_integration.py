@@ -129,7 +129,9 @@ def test_ten_thousand_requests_one_effective_decision_each_and_balances_match_po
         def all_decided(decisions: list[dict[str, Any]]) -> bool:
             return distinct <= {d["request_id"] for d in decisions}
 
-        decisions = read_topic(settings, names.DECISIONS, until=all_decided, timeout_s=240)
+        decisions = read_topic(
+            settings, names.DECISIONS, until=all_decided, timeout_s=240, worker=worker
+        )
         elapsed = time.monotonic() - started
         missing = distinct - {d["request_id"] for d in decisions}
         assert not missing, f"{len(missing)} requests undecided; worker log:\n{worker.log_tail()}"

@@ -141,6 +141,7 @@ def read_topic(
     until: Any = None,
     timeout_s: float = 60.0,
     decode: bool = True,
+    worker: Worker | None = None,
 ) -> list[Any]:
     """Read a logical topic from the beginning until ``until(records)`` is true or time runs out."""
     codec = load_codec(settings.schema_registry_url)
@@ -168,6 +169,8 @@ def read_topic(
                     records.append(msg)
             if until is not None and until(records):
                 break
+            if worker is not None and worker.process.poll() is not None:
+                raise AssertionError(f"worker exited ({worker.process.returncode}):\n{worker.log_tail()}")
             if until is None and time.monotonic() > deadline - timeout_s + 5:
                 break
     finally:
