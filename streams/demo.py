@@ -32,12 +32,16 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[index]
 
 
-def progress(label: str, done: int, total: int, started: float) -> None:
+def progress(label: str, done: int, total: int, started: float, final: bool = False) -> None:
+    """A one-line progress bar on a terminal; a plain line now and then otherwise."""
+    if not sys.stderr.isatty() and not final:
+        return
     width = 30
     filled = int(width * done / max(total, 1))
     rate = done / max(time.monotonic() - started, 1e-9)
     bar = "#" * filled + "." * (width - filled)
-    sys.stderr.write(f"\r{label:<10} [{bar}] {done}/{total} {rate:,.0f}/s ")
+    end = "\n" if not sys.stderr.isatty() else ""
+    sys.stderr.write(f"\r{label:<10} [{bar}] {done}/{total} {rate:,.0f}/s {end}")
     sys.stderr.flush()
 
 
@@ -69,7 +73,7 @@ def _worker_env(settings: Settings) -> dict[str, str]:
         PAYSTREAM_PARTITIONS=str(settings.partitions),
         PAYSTREAM_STATE_DIR=str(settings.state_dir),
         PAYSTREAM_WEB_PORT=str(settings.web_port),
-        PAYSTREAM_LOG_LEVEL="WARNING",
+        PAYSTREAM_LOG_LEVEL="INFO",
     )
     return env
 
@@ -118,8 +122,7 @@ def run_demo(settings: Settings, requests: int, accounts: int, external: bool = 
                     progress("sending", i, len(load), t0)
                     last = time.monotonic()
             client.flush()
-            progress("sending", len(load), len(load), t0)
-            sys.stderr.write("\n")
+            progress("sending", len(load), len(load), t0, final=True)
             decided: dict[str, dict[str, Any]] = {}
             latencies_ms: list[float] = []
             deadline = time.monotonic() + DECISIONS_TIMEOUT_S
@@ -138,8 +141,7 @@ def run_demo(settings: Settings, requests: int, accounts: int, external: bool = 
                     progress("deciding", len(decided), len(distinct), t0)
                     last = now
             elapsed = time.monotonic() - t0
-            progress("deciding", len(decided), len(distinct), t0)
-            sys.stderr.write("\n")
+            progress("deciding", len(decided), len(distinct), t0, final=True)
         _report(load, distinct, decided, latencies_ms, elapsed)
         return 0 if not pending else 1
     finally:

@@ -66,6 +66,26 @@ TOPICS: tuple[TopicSpec, ...] = (
 )
 
 
+def changelog_topics(settings: Settings) -> list[tuple[str, int]]:
+    """faust's table changelogs, created up front (compacted) rather than by the worker.
+
+    A worker that creates them itself can run its first partition assignment before the
+    new topics show up in metadata; faust's assignor then hangs (seen with Kafka 4.1).
+    """
+    return [
+        (f"{settings.app_id}-accounts-changelog", settings.partitions),
+        (f"{settings.app_id}-fx-rates-changelog", 1),
+    ]
+
+
+def planned_topics(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
+    """(name, partitions, config) of every topic a deployment needs."""
+    planned = [(settings.topic(s.name), s.partitions(settings), s.config()) for s in TOPICS]
+    compacted = {"cleanup.policy": "compact", "max.message.bytes": str(MESSAGE_BYTES_MAX)}
+    planned += [(name, count, compacted) for name, count in changelog_topics(settings)]
+    return planned
+
+
 def create_topics(settings: Settings) -> list[str]:
     """Create every topic that is missing; verify the ones that exist. Returns names created."""
     from confluent_kafka import KafkaException
@@ -79,9 +99,7 @@ def create_topics(settings: Settings) -> list[str]:
             f"cannot reach Kafka at {settings.brokers}: {exc}; is it running (`paystream dev up`)?"
         ) from exc
     missing = []
-    for spec in TOPICS:
-        name = settings.topic(spec.name)
-        want = spec.partitions(settings)
+    for name, want, config in planned_topics(settings):
         if name in existing:
             have = len(existing[name].partitions)
             if have != want:
@@ -91,7 +109,7 @@ def create_topics(settings: Settings) -> list[str]:
                     "fix PAYSTREAM_PARTITIONS or recreate the topic"
                 )
             continue
-        missing.append(NewTopic(name, want, settings.replication_factor, config=spec.config()))
+        missing.append(NewTopic(name, want, settings.replication_factor, config=config))
     if not missing:
         return []
     futures = admin.create_topics(missing, operation_timeout=ADMIN_TIMEOUT_S)
@@ -123,16 +141,17 @@ def _wait_for_leaders(admin: Any, topic_names: list[str]) -> None:
         if not waiting:
             return
         if time.monotonic() > deadline:
-            raise CommandError(f"topics without a partition leader after {ADMIN_TIMEOUT_S} s: {sorted(waiting)}")
+            raise CommandError(
+                f"topics without a partition leader after {ADMIN_TIMEOUT_S} s: {sorted(waiting)}"
+            )
         time.sleep(LEADER_POLL_S)
 
 
 def _cmd_create(args: argparse.Namespace, settings: Settings) -> int:
     created = create_topics(settings)
-    for spec in TOPICS:
-        name = settings.topic(spec.name)
+    for name, partitions, _ in planned_topics(settings):
         state = "created" if name in created else "exists"
-        print(f"{name:<40} {spec.partitions(settings):>3} partitions  {state}")
+        print(f"{name:<44} {partitions:>3} partitions  {state}")
     return 0
 
 
