@@ -427,6 +427,11 @@ def _payment(
 ) -> Outcomes:
     """PAYMENT moves money now; AUTHORIZE (and a PAYMENT sent to review) holds it."""
     kind = request["kind"]
+    if request["request_id"] in state.payments:
+        # The request id is the payment id: reusing it under another idempotency key
+        # would overwrite the record (orphaning its hold) and reuse its transaction ids.
+        reason = f"request_id {request['request_id']!r} already names a payment"
+        return Outcomes(decisions=[_decline(request, context, INVALID_REQUEST, reason)])
     if fraud.action == "DECLINE":
         # _decision_for already lists the fraud reasons.
         return Outcomes(decisions=[_decline(request, context, FRAUDULENT, fraud=fraud)])
