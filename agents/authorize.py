@@ -8,14 +8,24 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
+from typing import Any
 
 import faust
 from faust.types import TP
-from schemas.codec import load_codec
 
 from agents.pipeline import AccountStates, FxRatesView, Message, OutputProducer, Processor
+from schemas.codec import load_codec
 from streams import topics as names
-from streams.app import accounts, app, fx_rates, fx_rates_topic, legs_topic, requests_topic, settings
+from streams.app import (
+    accounts,
+    app,
+    fx_rates,
+    fx_rates_topic,
+    legs_topic,
+    requests_topic,
+    settings,
+)
 
 log = logging.getLogger(__name__)
 EXIT_INTERNAL_ERROR = 71
@@ -25,10 +35,10 @@ class FaustPartitionStore:
     """Raw reads and writes of one faust RocksDB table by partition, without faust's
     per-write changelog (the Processor writes the changelog with its outputs)."""
 
-    def __init__(self, table: faust.Table) -> None:
+    def __init__(self, table: Any) -> None:
         self._table = table
 
-    def _store(self):  # type: ignore[no-untyped-def]
+    def _store(self) -> Any:
         return self._table.data
 
     def get(self, partition: int, key: bytes) -> bytes | None:
@@ -71,7 +81,7 @@ def _messages(events: list[faust.EventT]) -> list[Message]:
     ]
 
 
-async def _run_batch(handle, events: list[faust.EventT]) -> None:  # type: ignore[no-untyped-def]
+async def _run_batch(handle: Callable[[list[Message]], None], events: list[faust.EventT]) -> None:
     try:
         handle(_messages(events))
     except Exception:
@@ -85,14 +95,14 @@ async def _run_batch(handle, events: list[faust.EventT]) -> None:  # type: ignor
 
 
 @app.agent(requests_topic, name="authorize")
-async def authorize(stream: faust.StreamT) -> None:
+async def authorize(stream: Any) -> None:
     within = settings.batch_within_ms / 1000
     async for events in stream.take_events(settings.batch_size_max, within=within):
         await _run_batch(processor.process_requests, list(events))
 
 
 @app.agent(legs_topic, name="legs")
-async def credit_legs(stream: faust.StreamT) -> None:
+async def credit_legs(stream: Any) -> None:
     within = settings.batch_within_ms / 1000
     async for events in stream.take_events(settings.batch_size_max, within=within):
         await _run_batch(processor.process_legs, list(events))

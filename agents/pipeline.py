@@ -24,12 +24,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 from agents.rules import AccountState, Context, FraudAssessment, Outcomes, apply_leg, decide
 from agents.rules.decide import NO_FRAUD, Policy, Position
 from agents.rules.fx import FxQuote
-from agents.rules.records import Request
+from agents.rules.records import Leg, Request
 from streams import topics as names
 from streams.settings import Settings
 
@@ -246,6 +246,9 @@ class Processor:
         self.policy = policy_from(settings)
         self.worker_name = worker_name
         self.stats = BatchStats()
+        # "topic:partition" -> first offset of the latest batch started: the batch before
+        # it was flushed, so stored outputs of lower offsets are durable.
+        self.flushed_below: dict[str, int] = {}
         self.t_decisions = settings.topic(names.DECISIONS)
         self.t_ledger = settings.topic(names.LEDGER)
         self.t_legs = settings.topic(names.LEGS)
@@ -253,13 +256,24 @@ class Processor:
         self.t_dlq = settings.topic(names.DLQ)
 
     # -- requests ---------------------------------------------------------------------
+    def _context(self, messages: list[Message]) -> Context:
+        batch_first: dict[str, int] = {}
+        for message in messages:
+            source = f"{message.topic}:{message.partition}"
+            if message.offset < batch_first.get(source, message.offset + 1):
+                batch_first[source] = message.offset
+        self.flushed_below.update(batch_first)
+        return Context(
+            self.policy, self.fx_rates, int(time.time() * 1000), dict(self.flushed_below)
+        )
+
     def process_requests(self, messages: list[Message]) -> None:
-        context = Context(self.policy, self.fx_rates, int(time.time() * 1000))
+        context = self._context(messages)
         decoded: list[tuple[Message, Request]] = []
         for message in messages:
-            request = self._decode(message, names.REQUESTS)
-            if request is not None:
-                decoded.append((message, request))  # type: ignore[arg-type]
+            record = self._decode(message, names.REQUESTS)
+            if record is not None:
+                decoded.append((message, cast(Request, record)))
         assessments = self.scorer.assess_batch([request for _, request in decoded])
         cache: dict[str, AccountState | None] = {}
         touched: dict[str, tuple[int, AccountState]] = {}
@@ -277,18 +291,19 @@ class Processor:
 
     # -- legs -------------------------------------------------------------------------
     def process_legs(self, messages: list[Message]) -> None:
-        context = Context(self.policy, self.fx_rates, int(time.time() * 1000))
+        context = self._context(messages)
         cache: dict[str, AccountState | None] = {}
         touched: dict[str, tuple[int, AccountState]] = {}
         for message in messages:
-            leg = self._decode(message, names.LEGS)
-            if leg is None:
+            record = self._decode(message, names.LEGS)
+            if record is None:
                 continue
+            leg = cast(Leg, record)
             account = leg["account_id"]
             if account not in cache:
                 cache[account] = self.states.load(message.partition, account)
             position = Position(message.topic, message.partition, message.offset)
-            state, outcomes = apply_leg(cache[account], leg, context, position)  # type: ignore[arg-type]
+            state, outcomes = apply_leg(cache[account], leg, context, position)
             cache[account] = state
             touched[account] = (message.partition, state)
             self._emit(account, outcomes)

@@ -91,9 +91,9 @@ class PaymentClient:
 
     def __init__(self, settings: Settings, *, watch_decisions: bool = True) -> None:
         from confluent_kafka import Producer
-        from schemas.codec import load_codec
 
         from agents.pipeline import producer_config
+        from schemas.codec import load_codec
 
         self.settings = settings
         self._codec = load_codec(settings.schema_registry_url)
@@ -211,11 +211,21 @@ class PaymentClient:
                 self._arrived.wait(wait_s)
             return {rid: self._decisions[rid] for rid in request_ids if rid in self._decisions}
 
-    def publish_fx_rate(self, base: str, quote: str, rate: str, spread_bps: int, as_of_ms: int) -> None:
+    def publish_fx_rate(
+        self, base: str, quote: str, rate: str, spread_bps: int, as_of_ms: int
+    ) -> None:
         """Publish a rate on fx.rates (compacted, keyed "BASE/QUOTE"); rate is a decimal string."""
-        record = {"base": base, "quote": quote, "rate": rate, "spread_bps": spread_bps, "as_of_ms": as_of_ms}
+        record = {
+            "base": base,
+            "quote": quote,
+            "rate": rate,
+            "spread_bps": spread_bps,
+            "as_of_ms": as_of_ms,
+        }
         value = self._codec.encode(names.FX_RATES, record)
-        self._producer.produce(self.settings.topic(names.FX_RATES), value, f"{base}/{quote}".encode())
+        self._producer.produce(
+            self.settings.topic(names.FX_RATES), value, f"{base}/{quote}".encode()
+        )
 
     def close(self) -> None:
         self._producer.flush(30)

@@ -55,12 +55,14 @@ def _start_infra(settings: Settings) -> tuple[Settings, list[Any]]:
     kafka = broker.start()
     if not kafka.already_running:
         started.append(broker)
-    print(f"kafka     {kafka.bootstrap} ({'reused' if kafka.already_running else f'started in {kafka.elapsed_s:.1f} s'})")
+    how = "reused" if kafka.already_running else f"started in {kafka.elapsed_s:.1f} s"
+    print(f"kafka     {kafka.bootstrap} ({how})")
     server = PostgresServer.from_settings(settings)
     postgres = server.start()
     if not postgres.already_running:
         started.append(server)
-    print(f"postgres  {postgres.dsn} ({'reused' if postgres.already_running else f'started in {postgres.elapsed_s:.1f} s'})")
+    how = "reused" if postgres.already_running else f"started in {postgres.elapsed_s:.1f} s"
+    print(f"postgres  {postgres.dsn} ({how})")
     return settings.replace(brokers=kafka.bootstrap, database_url=postgres.dsn), started
 
 
@@ -103,7 +105,9 @@ def run_demo(settings: Settings, requests: int, accounts: int, external: bool = 
                     start_new_session=True,
                 )  # fmt: skip
             print(f"worker    pid {worker.pid}, log {log_path}")
-        spec = LoadSpec(requests=requests, accounts=accounts, start_ms=int(time.time() * 1000), step_ms=1)
+        spec = LoadSpec(
+            requests=requests, accounts=accounts, start_ms=int(time.time() * 1000), step_ms=1
+        )
         load = list(generate(spec))
         distinct = {r["request_id"] for r in load}
         with PaymentClient(settings) as client:
@@ -166,12 +170,17 @@ def _report(
     latencies_ms.sort()
     print()
     print("paystream demo report")
-    print(f"  requests sent        {len(load):>8}  ({len(distinct)} distinct, the rest producer retries)")
+    retries = len(load) - len(distinct)
+    print(f"  requests sent        {len(load):>8}  ({len(distinct)} distinct, {retries} retries)")
     print(f"  decisions            {len(decided):>8}  ({len(distinct) - len(decided)} missing)")
-    print(f"  throughput           {len(decided) / max(elapsed_s, 1e-9):>8,.0f} decisions/s over {elapsed_s:.1f} s (send + decide)")
+    rate = len(decided) / max(elapsed_s, 1e-9)
+    print(
+        f"  throughput           {rate:>8,.0f} decisions/s over {elapsed_s:.1f} s (send + decide)"
+    )
     print(
         f"  latency send->seen   p50 {percentile(latencies_ms, 0.5):.0f} ms  "
-        f"p95 {percentile(latencies_ms, 0.95):.0f} ms  p99 {percentile(latencies_ms, 0.99):.0f} ms  "
+        f"p95 {percentile(latencies_ms, 0.95):.0f} ms  "
+        f"p99 {percentile(latencies_ms, 0.99):.0f} ms  "
         "(everything is sent at once, so this includes queueing)"
     )
     print("  by outcome:")
@@ -179,7 +188,8 @@ def _report(
         print(f"    {outcome:<32} {count:>7}")
     print("  by kind:")
     for kind, counts in sorted(by_kind.items()):
-        print(f"    {kind:<10} " + "  ".join(f"{s.lower()} {n}" for s, n in sorted(counts.items())))
+        line = "  ".join(f"{status.lower()} {n}" for status, n in sorted(counts.items()))
+        print(f"    {kind:<10} {line}")
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -187,7 +197,9 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    demo = subparsers.add_parser("demo", help="run the whole pipeline on a simulated load and report")
+    demo = subparsers.add_parser(
+        "demo", help="run the whole pipeline on a simulated load and report"
+    )
     demo.add_argument("--requests", type=int, default=5000)
     demo.add_argument("--accounts", type=int, default=500)
     demo.add_argument(

@@ -100,7 +100,9 @@ def generate(spec: LoadSpec) -> Iterator[Request]:
             who, pid, amount, cur = open_auths.pop(rng.randrange(len(open_auths)))
             if rng.random() < 0.8:
                 part = amount if rng.random() < 0.6 else max(1, amount // 2)
-                request = new_request("CAPTURE", who, part, cur, payment_id=pid, created_at_ms=tick())
+                request = new_request(
+                    "CAPTURE", who, part, cur, payment_id=pid, created_at_ms=tick()
+                )
                 captured.append((who, pid, part, cur))
             else:
                 request = new_request("VOID", who, 0, cur, payment_id=pid, created_at_ms=tick())

@@ -134,8 +134,11 @@ def _wait_for_leaders(admin: Any, topic_names: list[str]) -> None:
         metadata = admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics
         for name in list(waiting):
             topic = metadata.get(name)
-            if topic is not None and topic.error is None and topic.partitions and all(
-                p.leader >= 0 and p.error is None for p in topic.partitions.values()
+            if (
+                topic is not None
+                and topic.error is None
+                and topic.partitions
+                and all(p.leader >= 0 and p.error is None for p in topic.partitions.values())
             ):
                 waiting.discard(name)
         if not waiting:

@@ -133,6 +133,9 @@ class Context:
     policy: Policy
     fx_rates: Mapping[str, FxQuote]
     now_ms: int
+    # "topic:partition" -> offset below which every message's outputs are durable (the
+    # first offset of the batch being processed: the previous batch was flushed first).
+    flushed_below: Mapping[str, int] = field(default_factory=dict)
 
 
 class Position(NamedTuple):
@@ -202,6 +205,7 @@ def decide(
         state.clock_ms = request["created_at_ms"]
     out = Outcomes()
     _housekeep(state, context, out)
+    _forget_flushed(state, context)
 
     key = request["idempotency_key"] or request["request_id"]
     fingerprint = request_fingerprint(request)
@@ -231,6 +235,7 @@ def decide(
     state.idempotency[key] = IdempotencyRecord(
         fingerprint, request["request_id"], request["created_at_ms"], result.to_dict()
     )
+    _remember_unflushed(state, key, position)
     _note_expiry(state, request["created_at_ms"] + context.policy.idempotency_window_ms)
     out.extend(result)
     return state, out
@@ -794,8 +799,9 @@ def apply_leg(
         state.clock_ms = leg["created_at_ms"]
     out = Outcomes()
     _housekeep(state, context, out)
+    _forget_flushed(state, context)
     if leg["kind"] == "REFUND_RESULT":
-        out.extend(_refund_result(state, leg, context))
+        out.extend(_refund_result(state, leg, context, position))
         return state, out
     source = f"{leg['source_topic']}:{leg['source_partition']}"
     if leg["source_offset"] <= state.positions.get(source, -1):
@@ -852,7 +858,7 @@ def _refund_result_leg(debit: Leg, approved: bool, position: Position) -> Leg:
     }
 
 
-def _refund_result(state: AccountState, leg: Leg, context: Context) -> Outcomes:
+def _refund_result(state: AccountState, leg: Leg, context: Context, position: Position) -> Outcomes:
     """Finish a refund on the payer: credit it back (or release the reservation) and decide."""
     payment_id = leg["payment_id"]
     record = state.payments.get(payment_id) if payment_id else None
@@ -917,7 +923,38 @@ def _refund_result(state: AccountState, leg: Leg, context: Context) -> Outcomes:
     for request_id, created_at_ms in idem.waiting:
         out.decisions.append(_duplicate_decision(original, request_id, created_at_ms))
     idem.outcomes = out.to_dict()
+    _remember_unflushed(state, key, position)
     return out
+
+
+def _remember_unflushed(state: AccountState, key: str, position: Position) -> None:
+    """Full outcomes of ``key`` are kept until the batch that produced them is flushed."""
+    state.unflushed[key] = (position.topic, position.partition, position.offset)
+
+
+def _forget_flushed(state: AccountState, context: Context) -> None:
+    """Drop stored outputs that are durable: only the decisions are needed after that.
+
+    Outputs are stored for one reason: a crash between the state write and the
+    flush of the outputs. Once a later batch of the same source partition runs,
+    that flush has happened, so keeping them would only grow every account value.
+    """
+    if not state.unflushed or not context.flushed_below:
+        return
+    for key in list(state.unflushed):
+        topic, partition, offset = state.unflushed[key]
+        below = context.flushed_below.get(f"{topic}:{partition}")
+        if below is None or offset >= below:
+            continue
+        del state.unflushed[key]
+        idem = state.idempotency.get(key)
+        if idem is not None:
+            idem.outcomes = {
+                "decisions": idem.outcomes["decisions"],
+                "transactions": [],
+                "legs": [],
+                "notifications": [],
+            }
 
 
 def _request_of_refund(state: AccountState, leg: Leg, key: str) -> Request:
@@ -1018,6 +1055,7 @@ def _housekeep(state: AccountState, context: Context, out: Outcomes) -> None:
         idem = state.idempotency[key]
         if idem.created_at_ms <= horizon and idem.outcomes["decisions"]:
             del state.idempotency[key]
+            state.unflushed.pop(key, None)
         else:
             deadlines.append(idem.created_at_ms + policy.idempotency_window_ms)
     for leg_id in list(state.refund_results):

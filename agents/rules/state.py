@@ -85,6 +85,9 @@ class AccountState:
     idempotency: dict[str, IdempotencyRecord] = field(default_factory=dict)
     # "topic:partition" -> highest source offset whose leg this account applied.
     positions: dict[str, int] = field(default_factory=dict)
+    # idempotency key -> (topic, partition, offset) that produced its stored outputs,
+    # for records whose outputs may not be durable yet (see decide._forget_flushed).
+    unflushed: dict[str, tuple[str, int, int]] = field(default_factory=dict)
     # REFUND_DEBIT leg_id -> (approved, legs offset it was read at, created_at_ms): to re-emit
     # the identical REFUND_RESULT when the debit is delivered again.
     refund_results: dict[str, tuple[bool, int, int]] = field(default_factory=dict)
@@ -115,6 +118,7 @@ class AccountState:
                 for key, r in self.idempotency.items()
             },
             "positions": self.positions,
+            "unflushed": {k: list(v) for k, v in self.unflushed.items()},
             "refund_results": {k: list(v) for k, v in self.refund_results.items()},
             "clock_ms": self.clock_ms,
             "next_expiry_ms": self.next_expiry_ms,
@@ -137,6 +141,7 @@ class AccountState:
                 for key, (fp, rid, created, outcomes, waiting) in data["idempotency"].items()
             },
             positions=dict(data["positions"]),
+            unflushed={k: (v[0], v[1], v[2]) for k, v in data["unflushed"].items()},
             refund_results={k: (v[0], v[1], v[2]) for k, v in data["refund_results"].items()},
             clock_ms=data["clock_ms"],
             next_expiry_ms=data["next_expiry_ms"],

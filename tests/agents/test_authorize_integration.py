@@ -108,7 +108,8 @@ def test_malformed_bytes_become_a_dead_letter_and_the_worker_goes_on(
     assert len(letters) == 2
     assert {letter["error_class"] for letter in letters} == {"schema_error"}
     assert {letter["original_value"] for letter in letters} == {
-        b"\x00\x00\x00\x00\x01garbage", b"not avro at all"
+        b"\x00\x00\x00\x00\x01garbage",
+        b"not avro at all",
     }
     assert all(letter["original_topic"] == settings.topic(names.REQUESTS) for letter in letters)
 
@@ -155,7 +156,7 @@ def test_ten_thousand_requests_one_effective_decision_each_and_balances_match_po
         assert customer == workers
         # Every transaction sums to zero per currency; money is conserved overall.
         per_currency: Counter[str] = Counter()
-        for (account, currency), amount in ledger.items():
+        for (_account, currency), amount in ledger.items():
             per_currency[currency] += amount
         assert all(v == 0 for v in per_currency.values())
         assert all(v >= 0 for v in workers.values())

@@ -28,7 +28,9 @@ WORKER_READY_TIMEOUT_S = 90.0
 WORKER_STOP_TIMEOUT_S = 30.0
 
 
-def isolated_settings(bootstrap: str, state_dir: Path, partitions: int = 4, **extra: str) -> Settings:
+def isolated_settings(
+    bootstrap: str, state_dir: Path, partitions: int = 4, **extra: str
+) -> Settings:
     """Settings for one test: its own topics (prefix), consumer group and state dir."""
     run = uuid.uuid4().hex[:8]
     env = {
@@ -170,7 +172,9 @@ def read_topic(
             if until is not None and until(records):
                 break
             if worker is not None and worker.process.poll() is not None:
-                raise AssertionError(f"worker exited ({worker.process.returncode}):\n{worker.log_tail()}")
+                raise AssertionError(
+                    f"worker exited ({worker.process.returncode}):\n{worker.log_tail()}"
+                )
             if until is None and time.monotonic() > deadline - timeout_s + 5:
                 break
     finally:
