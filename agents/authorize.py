@@ -62,14 +62,25 @@ codec = load_codec(settings.schema_registry_url)
 producer = OutputProducer(settings)
 partition_store = FaustPartitionStore(accounts)
 changelog_name = accounts.changelog_topic.get_topic_name()
+account_states = AccountStates(partition_store, producer, changelog_name)
 processor = Processor(
     settings,
     codec,
-    AccountStates(partition_store, producer, changelog_name),
+    account_states,
     producer,
     FxRatesView(lambda pair: fx_rates.get(pair), codec, names.FX_RATES),
     worker_name=f"{socket.gethostname()}:{settings.web_port}",
 )
+
+
+@app.on_partitions_revoked.connect
+async def _on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+    account_states.invalidate()
+
+
+@app.on_partitions_assigned.connect
+async def _on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+    account_states.invalidate()
 
 
 def _messages(events: list[faust.EventT]) -> list[Message]:

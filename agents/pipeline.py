@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 # (without acking): a broker outage shorter than this is ridden out.
 DELIVERY_TIMEOUT_MS = 300_000
 FLUSH_POLL_S = 0.5
+ACCOUNTS_CACHED_MAX = 200_000
 EXIT_DELIVERY_FAILED = 70
 
 
@@ -156,14 +158,30 @@ class PartitionStore(Protocol):
 
 
 class AccountStates:
-    """Account values for one batch: read once, written once per account."""
+    """Account values: decoded once and cached, written once per batch per account.
 
-    def __init__(self, store: PartitionStore, producer: OutputProducer, changelog: str) -> None:
+    The cache holds the values this worker owns; it is cleared whenever partitions
+    move (``invalidate``), since another worker may have written them meanwhile.
+    """
+
+    def __init__(
+        self,
+        store: PartitionStore,
+        producer: OutputProducer,
+        changelog: str,
+        cached_max: int = ACCOUNTS_CACHED_MAX,
+    ) -> None:
         self._store = store
         self._producer = producer
         self._changelog = changelog
+        self._cache: OrderedDict[str, AccountState] = OrderedDict()
+        self._cached_max = cached_max
 
     def load(self, partition: int, account_id: str) -> AccountState | None:
+        cached = self._cache.get(account_id)
+        if cached is not None:
+            self._cache.move_to_end(account_id)
+            return cached
         raw = self._store.get(partition, account_id.encode())
         return AccountState.from_bytes(raw) if raw is not None else None
 
@@ -172,6 +190,13 @@ class AccountStates:
         value = state.to_bytes()
         self._store.put(partition, key, value)
         self._producer.produce(self._changelog, key, value, partition)
+        self._cache[state.account_id] = state
+        self._cache.move_to_end(state.account_id)
+        while len(self._cache) > self._cached_max:
+            self._cache.popitem(last=False)
+
+    def invalidate(self) -> None:
+        self._cache.clear()
 
 
 class FxRatesView(Mapping[str, FxQuote]):

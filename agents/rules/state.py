@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from agents.rules.records import Decision
+
 PaymentStatus = Literal["AUTHORIZED", "REVIEW", "CAPTURED", "VOIDED", "EXPIRED"]
 STATE_FORMAT_VERSION = 1
 
@@ -114,7 +116,7 @@ class AccountState:
             "balances": {c: [b.available_minor, b.held_minor] for c, b in self.balances.items()},
             "payments": {pid: _payment_to_list(p) for pid, p in self.payments.items()},
             "idempotency": {
-                key: [r.fingerprint, r.request_id, r.created_at_ms, r.outcomes, r.waiting]
+                key: [r.fingerprint, r.request_id, r.created_at_ms, _pack(r.outcomes), r.waiting]
                 for key, r in self.idempotency.items()
             },
             "positions": self.positions,
@@ -137,7 +139,9 @@ class AccountState:
             balances={c: Balance(a, h) for c, (a, h) in data["balances"].items()},
             payments={pid: _payment_from_list(v) for pid, v in data["payments"].items()},
             idempotency={
-                key: IdempotencyRecord(fp, rid, created, outcomes, [(w[0], w[1]) for w in waiting])
+                key: IdempotencyRecord(
+                    fp, rid, created, _unpack(outcomes), [(w[0], w[1]) for w in waiting]
+                )
                 for key, (fp, rid, created, outcomes, waiting) in data["idempotency"].items()
             },
             positions=dict(data["positions"]),
@@ -156,6 +160,23 @@ class AccountState:
 
 
 _PAYMENT_FIELDS = tuple(PaymentRecord.__dataclass_fields__)
+# Stored decisions are kept as value lists in this field order (keys are most of the bytes).
+_DECISION_FIELDS = tuple(Decision.__annotations__)
+_EMPTY_OUTPUTS = ("transactions", "legs", "notifications")
+
+
+def _pack(outcomes: dict[str, Any]) -> Any:
+    """Outcomes with only decisions (the common, long-lived case) as compact value lists."""
+    if any(outcomes[name] for name in _EMPTY_OUTPUTS):
+        return outcomes
+    return [[d[name] for name in _DECISION_FIELDS] for d in outcomes["decisions"]]
+
+
+def _unpack(packed: Any) -> dict[str, Any]:
+    if isinstance(packed, dict):
+        return packed
+    decisions = [dict(zip(_DECISION_FIELDS, values, strict=True)) for values in packed]
+    return {"decisions": decisions, "transactions": [], "legs": [], "notifications": []}
 
 
 def _payment_to_list(payment: PaymentRecord) -> list[Any]:
