@@ -74,12 +74,12 @@ processor = Processor(
 
 
 @app.on_partitions_revoked.connect
-async def _on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+def _on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
     account_states.invalidate()
 
 
 @app.on_partitions_assigned.connect
-async def _on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+def _on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
     account_states.invalidate()
 
 
