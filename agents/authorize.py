@@ -101,8 +101,19 @@ async def _run_batch(handle: Callable[[list[Message]], None], events: list[faust
         log.critical("internal error while processing a batch; exiting unacked", exc_info=True)
         logging.shutdown()
         os._exit(EXIT_INTERNAL_ERROR)
+    await _flush_state_then_outputs()
+
+
+async def _flush_state_then_outputs() -> None:
+    """State records first, then the outputs they produced (see agents/pipeline.py).
+
+    Outputs held by another agent's batch may be released here too: that is safe,
+    because their state records were produced before this flush began.
+    """
     await producer.flush()
     partition_store.mark_persisted(changelog_name, producer.take_acked())
+    processor.release_outputs()
+    await producer.flush()
 
 
 @app.agent(requests_topic, name="authorize")
@@ -134,5 +145,6 @@ async def copy_fx_rates(stream: faust.StreamT) -> None:
             codec.decode(names.FX_RATES, message.value, message.partition, message.offset)
         except SchemaError as exc:
             processor.dead_letter(_messages([event])[0], "schema_error", str(exc))
+            await _flush_state_then_outputs()
             continue
         fx_rates[message.key] = message.value

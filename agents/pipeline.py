@@ -7,12 +7,13 @@ without a running faust worker, and the hot path free of per-event awaits.
 Durability order per batch (see README, "Exactly one effect"):
 1. every account touched is decided in offset order, its value updated once;
 2. each new value goes to the local RocksDB partition AND, as a changelog record,
-   to Kafka through the same idempotent producer as the outputs;
-3. the caller awaits ``OutputProducer.flush()`` -- all of it acknowledged by the
-   brokers (acks=all) -- and only then lets faust ack the batch's offsets.
-A crash anywhere before 3 redelivers the batch; redelivered requests find their
-idempotency records (or not, if the changelog write was lost) and re-emit the
-same outputs with the same ids.
+   to Kafka; the caller awaits ``OutputProducer.flush()`` (acks=all);
+3. only then are the outputs produced (``release_outputs``) and flushed, and only
+   then may faust ack the batch's offsets.
+A crash anywhere redelivers the batch. If any output of a request reached Kafka,
+its state did too: the redelivered request finds its idempotency record and
+re-emits the same outputs with the same ids. If the state did not, no output did
+either, and deciding again is safe.
 """
 
 from __future__ import annotations
@@ -274,6 +275,7 @@ class Processor:
         # "topic:partition" -> first offset of the latest batch started: the batch before
         # it was flushed, so stored outputs of lower offsets are durable.
         self.flushed_below: dict[str, int] = {}
+        self._pending_outputs: list[tuple[str, bytes | None, bytes]] = []
         self.t_decisions = settings.topic(names.DECISIONS)
         self.t_ledger = settings.topic(names.LEDGER)
         self.t_legs = settings.topic(names.LEGS)
@@ -362,8 +364,9 @@ class Processor:
         return record
 
     def _emit(self, account: str, outcomes: Outcomes) -> None:
+        """Encode outputs now; they are produced by ``release_outputs`` after the state."""
         encode = self.codec.encode
-        produce = self.producer.produce
+        produce = self._hold_output
         key = account.encode()
         for decision in outcomes.decisions:
             produce(self.t_decisions, key, encode(names.DECISIONS, decision))
@@ -378,6 +381,22 @@ class Processor:
             produce(
                 self.t_notifications, note["account_id"].encode(), encode(names.NOTIFICATIONS, note)
             )
+
+    def _hold_output(self, topic: str, key: bytes | None, value: bytes) -> None:
+        self._pending_outputs.append((topic, key, value))
+
+    def release_outputs(self) -> int:
+        """Produce the outputs of the batch; call only once its state records are durable.
+
+        The order is what makes a crash safe: an output that reached Kafka implies the
+        state that produced it did too, so a redelivered request finds its record and
+        re-emits the same outputs instead of deciding again (possibly differently).
+        """
+        pending, self._pending_outputs = self._pending_outputs, []
+        for topic, key, value in pending:
+            self.producer.produce(topic, key, value)
+        self.producer.poll()
+        return len(pending)
 
     def _save(self, touched: dict[str, tuple[int, AccountState]]) -> None:
         for partition, state in touched.values():
@@ -400,5 +419,5 @@ class Processor:
             "first_seen_ms": int(time.time() * 1000),
             "worker": self.worker_name,
         }
-        self.producer.produce(self.t_dlq, message.key, self.codec.encode(names.DLQ, record))
+        self._hold_output(self.t_dlq, message.key, self.codec.encode(names.DLQ, record))
         self.stats.dead_letters += 1

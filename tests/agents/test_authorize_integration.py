@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agents.rules import AccountState
 from agents.rules.decide import is_customer_account
 from schemas.codec import load_codec
 from streams import topics as names
@@ -19,59 +18,16 @@ from streams.client import PaymentClient, new_request
 from streams.loadgen import LoadSpec, fx_rates, generate
 from tests.support.pipeline import (
     isolated_settings,
+    ledger_balances,
     produce_raw,
     publish_fx_rates,
     read_topic,
     running_worker,
     send_requests,
+    worker_balances,
 )
 
 pytestmark = pytest.mark.integration
-
-
-def _ledger_balances(transactions: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
-    """credits - debits per (account, currency), each transaction counted once."""
-    seen: set[str] = set()
-    totals: dict[tuple[str, str], int] = defaultdict(int)
-    for tx in transactions:
-        if tx["transaction_id"] in seen:
-            continue
-        seen.add(tx["transaction_id"])
-        for entry in tx["entries"]:
-            sign = 1 if entry["direction"] == "CREDIT" else -1
-            totals[(entry["account_id"], entry["currency"])] += sign * entry["amount_minor"]
-    return totals
-
-
-def _worker_balances(settings: Any) -> dict[tuple[str, str], int]:
-    """Latest account values from the table's changelog topic: what the workers hold."""
-    changelog = f"{settings.app_id}-accounts-changelog"
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": settings.brokers, "group.id": "reader-" + changelog,
-                         "enable.auto.commit": False})  # fmt: skip
-    meta = consumer.list_topics(changelog, timeout=10).topics[changelog]
-    ends = {}
-    for p in meta.partitions:
-        ends[p] = consumer.get_watermark_offsets(TopicPartition(changelog, p), timeout=10)[1]
-    consumer.assign([TopicPartition(changelog, p, 0) for p in meta.partitions])
-    latest: dict[bytes, bytes] = {}
-    done: set[int] = {p for p, end in ends.items() if end == 0}
-    deadline = time.monotonic() + 60
-    while len(done) < len(ends) and time.monotonic() < deadline:
-        for msg in consumer.consume(5000, 0.2):
-            if msg.error() is None:
-                latest[msg.key()] = msg.value()
-                if msg.offset() + 1 >= ends[msg.partition()]:
-                    done.add(msg.partition())
-    consumer.close()
-    totals: dict[tuple[str, str], int] = {}
-    for raw in latest.values():
-        state = AccountState.from_bytes(raw)
-        for currency, balance in state.balances.items():
-            if balance.total_minor:
-                totals[(state.account_id, currency)] = balance.total_minor
-    return totals
 
 
 def test_walking_skeleton_a_request_gets_a_decision(kafka_broker: Any, tmp_path: Path) -> None:
@@ -147,9 +103,9 @@ def test_ten_thousand_requests_one_effective_decision_each_and_balances_match_po
         # every leg has been applied (poll: legs may still be in flight).
         deadline = time.monotonic() + 60
         while True:
-            ledger = _ledger_balances(read_topic(settings, names.LEDGER, timeout_s=6))
+            ledger = ledger_balances(read_topic(settings, names.LEDGER, timeout_s=6))
             customer = {k: v for k, v in ledger.items() if is_customer_account(k[0]) and v}
-            workers = _worker_balances(settings)
+            workers = worker_balances(settings)
             if customer == workers or time.monotonic() > deadline:
                 break
             time.sleep(2)
