@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 # Longest the producer retries one message before the worker gives up and exits
 # (without acking): a broker outage shorter than this is ridden out.
 DELIVERY_TIMEOUT_MS = 300_000
-FLUSH_POLL_S = 0.5
+FLUSH_POLL_S = 0.05
 ACCOUNTS_CACHED_MAX = 200_000
 EXIT_DELIVERY_FAILED = 70
 
@@ -93,7 +94,12 @@ def producer_config(settings: Settings) -> dict[str, Any]:
 
 
 class OutputProducer:
-    """One producer for outputs and changelog records, flushed before offsets are acked."""
+    """One producer for outputs and changelog records, flushed before offsets are acked.
+
+    ``flush`` waits for the messages produced *before* it was called, not for an
+    empty queue: two agents share this producer, and under steady load the queue
+    is never empty, so waiting for that starved the other agent indefinitely.
+    """
 
     def __init__(self, settings: Settings) -> None:
         from confluent_kafka import Producer
@@ -102,21 +108,41 @@ class OutputProducer:
         self._failures: list[str] = []
         # (topic, partition) -> highest offset acknowledged since the last take.
         self._acked: dict[tuple[str, int], int] = {}
+        # Messages are numbered as produced; every number <= _done_upto is delivered
+        # (or failed); numbers above it that are done wait in _done_ahead.
+        self._produced = 0
+        self._done_upto = 0
+        self._done_ahead: set[int] = set()
+        self._lock = threading.Lock()
 
-    def _on_delivery(self, err: Any, msg: Any) -> None:
+    def _delivered(self, number: int, err: Any, msg: Any) -> None:
         if err is not None:
             self._failures.append(f"{msg.topic()}[{msg.partition()}]: {err}")
-            return
-        key = (msg.topic(), msg.partition())
-        offset = msg.offset()
-        if offset > self._acked.get(key, -1):
-            self._acked[key] = offset
+        else:
+            key = (msg.topic(), msg.partition())
+            offset = msg.offset()
+            if offset > self._acked.get(key, -1):
+                self._acked[key] = offset
+        with self._lock:
+            if number == self._done_upto + 1:
+                self._done_upto = number
+                while self._done_upto + 1 in self._done_ahead:
+                    self._done_upto += 1
+                    self._done_ahead.discard(self._done_upto)
+            else:
+                self._done_ahead.add(number)
 
     def produce(self, topic: str, key: bytes | None, value: bytes, partition: int = -1) -> None:
+        self._produced += 1
+        number = self._produced
         while True:
             try:
                 self._producer.produce(
-                    topic, value, key, partition=partition, on_delivery=self._on_delivery
+                    topic,
+                    value,
+                    key,
+                    partition=partition,
+                    on_delivery=lambda err, msg: self._delivered(number, err, msg),
                 )
                 return
             except BufferError:  # local queue full: let deliveries drain, then retry
@@ -126,14 +152,15 @@ class OutputProducer:
         self._producer.poll(0)
 
     async def flush(self) -> None:
-        """Wait until every produced message is acknowledged; exit the process if one failed.
+        """Wait until every message produced so far is acknowledged; exit if one failed.
 
         Exiting (rather than raising) matters: faust acks a batch's offsets even when
         the agent raises, and an acked request whose outputs were lost is money lost.
         """
+        target = self._produced
         loop = asyncio.get_running_loop()
-        while await loop.run_in_executor(None, self._producer.flush, FLUSH_POLL_S):
-            pass
+        while self._done_upto < target:
+            await loop.run_in_executor(None, self._producer.poll, FLUSH_POLL_S)
         if self._failures:
             log.critical(
                 "output delivery failed, exiting without acking the batch: %s",

@@ -18,7 +18,9 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     import agents.views  # noqa: F401  (registers the web views)
     from streams.app import app
     from streams.app import settings as worker_settings
+    from streams.topics import create_topics
 
+    create_topics(worker_settings)  # idempotent; also the table changelogs, up front
     worker = Worker(app, loglevel=worker_settings.log_level.lower())
     worker.execute_from_commandline()
     return 0
