@@ -68,15 +68,7 @@ def _start_infra(settings: Settings) -> tuple[Settings, list[Any]]:
 
 def _worker_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAYSTREAM_")}
-    env.update(
-        PAYSTREAM_BROKERS=settings.brokers,
-        PAYSTREAM_TOPIC_PREFIX=settings.topic_prefix,
-        PAYSTREAM_APP_ID=settings.app_id,
-        PAYSTREAM_PARTITIONS=str(settings.partitions),
-        PAYSTREAM_STATE_DIR=str(settings.state_dir),
-        PAYSTREAM_WEB_PORT=str(settings.web_port),
-        PAYSTREAM_LOG_LEVEL="INFO",
-    )
+    env.update(settings.replace(log_level="INFO").to_env())
     return env
 
 

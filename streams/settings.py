@@ -121,6 +121,17 @@ class Settings:
             parts.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(parts)})"
 
+    def to_env(self) -> dict[str, str]:
+        """``PAYSTREAM_*`` variables that load back into these settings (for child processes)."""
+        env = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            text = ",".join(value) if isinstance(value, tuple) else str(value)
+            env[ENV_PREFIX + f.name.upper()] = text
+        return env
+
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests and the dev tools use this)."""
         return dataclasses.replace(self, **changes)

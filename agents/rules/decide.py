@@ -381,6 +381,22 @@ def _rate_text(rate: Any) -> str:
     return format(rate.normalize(), "f")
 
 
+def _fund(
+    state: AccountState, request: Request, context: Context, fraud: FraudAssessment
+) -> _Settlement | Outcomes:
+    """How the payer pays for a request that spends money, or the decline saying why not."""
+    if fraud.action == "DECLINE":
+        # _decision_for already lists the fraud reasons.
+        return Outcomes(decisions=[_decline(request, context, FRAUDULENT, fraud=fraud)])
+    settlement = _settle(state, request["amount_minor"], request["currency"], context)
+    if isinstance(settlement, str):
+        return Outcomes(decisions=[_decline(request, context, settlement, fraud=fraud)])
+    if not _can_spend(state, settlement):
+        decline = _decline(request, context, INSUFFICIENT_FUNDS, fraud=fraud, settlement=settlement)
+        return Outcomes(decisions=[decline])
+    return settlement
+
+
 def _can_spend(state: AccountState, settlement: _Settlement) -> bool:
     balance = state.balances.get(settlement.currency)
     available = balance.available_minor if balance is not None else 0
@@ -437,18 +453,9 @@ def _payment(
         # would overwrite the record (orphaning its hold) and reuse its transaction ids.
         reason = f"request_id {request['request_id']!r} already names a payment"
         return Outcomes(decisions=[_decline(request, context, INVALID_REQUEST, reason)])
-    if fraud.action == "DECLINE":
-        # _decision_for already lists the fraud reasons.
-        return Outcomes(decisions=[_decline(request, context, FRAUDULENT, fraud=fraud)])
-    settlement = _settle(state, request["amount_minor"], request["currency"], context)
-    if isinstance(settlement, str):
-        return Outcomes(decisions=[_decline(request, context, settlement, fraud=fraud)])
-    if not _can_spend(state, settlement):
-        return Outcomes(
-            decisions=[
-                _decline(request, context, INSUFFICIENT_FUNDS, fraud=fraud, settlement=settlement)
-            ]
-        )
+    settlement = _fund(state, request, context, fraud)
+    if isinstance(settlement, Outcomes):
+        return settlement
     hold = kind == "AUTHORIZE" or fraud.action == "REVIEW"
     expires_at = None
     if hold:
@@ -731,18 +738,9 @@ def _payout(
     position: Position,
     fraud: FraudAssessment,
 ) -> Outcomes:
-    if fraud.action == "DECLINE":
-        # _decision_for already lists the fraud reasons.
-        return Outcomes(decisions=[_decline(request, context, FRAUDULENT, fraud=fraud)])
-    settlement = _settle(state, request["amount_minor"], request["currency"], context)
-    if isinstance(settlement, str):
-        return Outcomes(decisions=[_decline(request, context, settlement, fraud=fraud)])
-    if not _can_spend(state, settlement):
-        return Outcomes(
-            decisions=[
-                _decline(request, context, INSUFFICIENT_FUNDS, fraud=fraud, settlement=settlement)
-            ]
-        )
+    settlement = _fund(state, request, context, fraud)
+    if isinstance(settlement, Outcomes):
+        return settlement
     state.balance(settlement.currency).available_minor -= settlement.amount_minor
     txid = f"{request['request_id']}:payout"
     target = external_account(request["counterparty_id"], DEFAULT_PAYOUT_ACCOUNT)

@@ -51,17 +51,9 @@ def isolated_settings(
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment of a child process with exactly these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAYSTREAM_")}
-    env.update(
-        PAYSTREAM_BROKERS=settings.brokers,
-        PAYSTREAM_TOPIC_PREFIX=settings.topic_prefix,
-        PAYSTREAM_APP_ID=settings.app_id,
-        PAYSTREAM_PARTITIONS=str(settings.partitions),
-        PAYSTREAM_STATE_DIR=str(settings.state_dir),
-        PAYSTREAM_WEB_PORT=str(settings.web_port),
-        PAYSTREAM_LOG_LEVEL=settings.log_level,
-        PAYSTREAM_FX_RATE_MAX_AGE_S=str(settings.fx_rate_max_age_s),
-    )
+    env.update(settings.to_env())
     return env
 
 
