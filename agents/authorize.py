@@ -5,6 +5,7 @@ Import this module to register the agents on ``streams.app.app``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -14,7 +15,14 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from agents.pipeline import AccountStates, FxRatesView, Message, OutputProducer, Processor
+from agents.pipeline import (
+    AccountStates,
+    FxRatesView,
+    HeldOutput,
+    Message,
+    OutputProducer,
+    Processor,
+)
 from schemas.codec import load_codec
 from streams import topics as names
 from streams.app import (
@@ -76,6 +84,9 @@ processor = Processor(
 @app.on_partitions_revoked.connect
 def _on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
     account_states.invalidate()
+    for queue in _queues:  # unprocessed, unacked: redelivered to the partitions' new owner
+        while not queue.empty():
+            queue.get_nowait()
 
 
 @app.on_partitions_assigned.connect
@@ -92,42 +103,86 @@ def _messages(events: list[faust.EventT]) -> list[Message]:
     ]
 
 
-async def _run_batch(handle: Callable[[list[Message]], None], events: list[faust.EventT]) -> None:
+async def _run_batch(
+    handle: Callable[[list[Message]], list[HeldOutput]], events: list[faust.EventT]
+) -> None:
     try:
-        handle(_messages(events))
+        held = handle(_messages(events))
     except Exception:
         # A bug, not bad input (bad input is declined or dead-lettered). faust would
         # ack the batch if we raised, so leave without acking instead.
         log.critical("internal error while processing a batch; exiting unacked", exc_info=True)
         logging.shutdown()
         os._exit(EXIT_INTERNAL_ERROR)
-    await _flush_state_then_outputs()
+    await _flush_state_then_outputs(held)
 
 
-async def _flush_state_then_outputs() -> None:
-    """State records first, then the outputs they produced (see agents/pipeline.py).
+async def _flush_state_then_outputs(held: list[HeldOutput]) -> None:
+    """State records first, then the outputs of this batch only (see agents/pipeline.py).
 
-    Outputs held by another agent's batch may be released here too: that is safe,
-    because their state records were produced before this flush began.
+    Each agent releases only its own batch's outputs: the other agent's state records
+    may have been produced after this flush began, so its outputs must wait for its own.
     """
     await producer.flush()
     partition_store.mark_persisted(changelog_name, producer.take_acked())
-    processor.release_outputs()
+    processor.release_outputs(held)
     await producer.flush()
+
+
+# Queues of events read but not yet processed, one per batching agent; cleared when
+# partitions move so a revoked partition's events are never applied here.
+_queues: list[asyncio.Queue[faust.EventT]] = []
+
+
+async def _batches(stream: Any, handle: Callable[[list[Message]], list[HeldOutput]]) -> None:
+    """Read events one by one (acks off), process them in batches, ack after the flush.
+
+    Not ``stream.take_events``: with a batch body that awaits (our flush), faust
+    0.15.3 drops events that arrive meanwhile -- it clears its buffer and acks
+    them unprocessed (seen as offset gaps, and lost refunds, in the kill -9 test).
+    """
+    loop = asyncio.get_running_loop()
+    within_s = settings.batch_within_ms / 1000
+    size_max = settings.batch_size_max
+    queue: asyncio.Queue[faust.EventT] = asyncio.Queue(maxsize=4 * size_max)
+    _queues.append(queue)
+
+    async def pump() -> None:
+        async for event in stream.noack().events():
+            await queue.put(event)
+
+    reader = asyncio.ensure_future(pump())
+    try:
+        while True:
+            batch = [await queue.get()]
+            deadline = loop.time() + within_s
+            while len(batch) < size_max:
+                if not queue.empty():
+                    batch.append(queue.get_nowait())
+                    continue
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(queue.get(), left))
+                except TimeoutError:
+                    break
+            await _run_batch(handle, batch)
+            for event in batch:
+                event.ack()
+    finally:
+        reader.cancel()
+        _queues.remove(queue)
 
 
 @app.agent(requests_topic, name="authorize")
 async def authorize(stream: Any) -> None:
-    within = settings.batch_within_ms / 1000
-    async for events in stream.take_events(settings.batch_size_max, within=within):
-        await _run_batch(processor.process_requests, list(events))
+    await _batches(stream, processor.process_requests)
 
 
 @app.agent(legs_topic, name="legs")
 async def credit_legs(stream: Any) -> None:
-    within = settings.batch_within_ms / 1000
-    async for events in stream.take_events(settings.batch_size_max, within=within):
-        await _run_batch(processor.process_legs, list(events))
+    await _batches(stream, processor.process_legs)
 
 
 @app.agent(fx_rates_topic, name="fx")
@@ -145,6 +200,6 @@ async def copy_fx_rates(stream: faust.StreamT) -> None:
             codec.decode(names.FX_RATES, message.value, message.partition, message.offset)
         except SchemaError as exc:
             processor.dead_letter(_messages([event])[0], "schema_error", str(exc))
-            await _flush_state_then_outputs()
+            await _flush_state_then_outputs(processor.take_held())
             continue
         fx_rates[message.key] = message.value

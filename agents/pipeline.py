@@ -54,6 +54,9 @@ class Codec(Protocol):
     ) -> dict[str, Any]: ...
 
 
+HeldOutput = tuple[str, bytes | None, bytes]  # (topic, key, value) not yet produced
+
+
 class Message(NamedTuple):
     """What the processors need of a consumed record."""
 
@@ -302,7 +305,9 @@ class Processor:
         # "topic:partition" -> first offset of the latest batch started: the batch before
         # it was flushed, so stored outputs of lower offsets are durable.
         self.flushed_below: dict[str, int] = {}
-        self._pending_outputs: list[tuple[str, bytes | None, bytes]] = []
+        self._pending_outputs: list[HeldOutput] = []
+        # "topic:partition" -> the offset expected next: gaps and rewinds are logged.
+        self._next_offset: dict[str, int] = {}
         self.t_decisions = settings.topic(names.DECISIONS)
         self.t_ledger = settings.topic(names.LEDGER)
         self.t_legs = settings.topic(names.LEGS)
@@ -314,6 +319,12 @@ class Processor:
         batch_first: dict[str, int] = {}
         for message in messages:
             source = f"{message.topic}:{message.partition}"
+            expected = self._next_offset.get(source)
+            if expected is not None and message.offset != expected:
+                log.info("%s: read offset %d after %d", source, message.offset, expected - 1)
+            elif expected is None:
+                log.info("%s: first offset read %d", source, message.offset)
+            self._next_offset[source] = message.offset + 1
             if message.offset < batch_first.get(source, message.offset + 1):
                 batch_first[source] = message.offset
         self.flushed_below.update(batch_first)
@@ -321,7 +332,8 @@ class Processor:
             self.policy, self.fx_rates, int(time.time() * 1000), dict(self.flushed_below)
         )
 
-    def process_requests(self, messages: list[Message]) -> None:
+    def process_requests(self, messages: list[Message]) -> list[HeldOutput]:
+        """Decide a batch; returns its outputs, to release once its state is durable."""
         context = self._context(messages)
         decoded: list[tuple[Message, Request]] = []
         for message in messages:
@@ -342,9 +354,11 @@ class Processor:
             self._emit(account, outcomes)
         self.stats.requests += len(messages)
         self._save(touched)
+        return self.take_held()
 
     # -- legs -------------------------------------------------------------------------
-    def process_legs(self, messages: list[Message]) -> None:
+    def process_legs(self, messages: list[Message]) -> list[HeldOutput]:
+        """Apply a batch of legs; returns its outputs, to release once its state is durable."""
         context = self._context(messages)
         cache: dict[str, AccountState | None] = {}
         touched: dict[str, tuple[int, AccountState]] = {}
@@ -358,11 +372,19 @@ class Processor:
                 cache[account] = self.states.load(message.partition, account)
             position = Position(message.topic, message.partition, message.offset)
             state, outcomes = apply_leg(cache[account], leg, context, position)
+            if leg["kind"] == "REFUND_DEBIT" and not outcomes.legs:
+                log.error(
+                    "refund debit %s at %s dropped: source position %s:%d already applied "
+                    "(positions %s) but no result is recorded",
+                    leg["leg_id"], position, leg["source_partition"], leg["source_offset"],
+                    state.positions,
+                )  # fmt: skip
             cache[account] = state
             touched[account] = (message.partition, state)
             self._emit(account, outcomes)
         self.stats.legs += len(messages)
         self._save(touched)
+        return self.take_held()
 
     # -- helpers ----------------------------------------------------------------------
     def _decode(self, message: Message, logical_topic: str) -> dict[str, Any] | None:
@@ -412,18 +434,22 @@ class Processor:
     def _hold_output(self, topic: str, key: bytes | None, value: bytes) -> None:
         self._pending_outputs.append((topic, key, value))
 
-    def release_outputs(self) -> int:
+    def take_held(self) -> list[HeldOutput]:
+        """The outputs held since the last take (each batch takes its own)."""
+        held, self._pending_outputs = self._pending_outputs, []
+        return held
+
+    def release_outputs(self, held: list[HeldOutput]) -> int:
         """Produce the outputs of the batch; call only once its state records are durable.
 
         The order is what makes a crash safe: an output that reached Kafka implies the
         state that produced it did too, so a redelivered request finds its record and
         re-emits the same outputs instead of deciding again (possibly differently).
         """
-        pending, self._pending_outputs = self._pending_outputs, []
-        for topic, key, value in pending:
+        for topic, key, value in held:
             self.producer.produce(topic, key, value)
         self.producer.poll()
-        return len(pending)
+        return len(held)
 
     def _save(self, touched: dict[str, tuple[int, AccountState]]) -> None:
         for partition, state in touched.values():
