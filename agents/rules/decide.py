@@ -306,9 +306,9 @@ def _apply_request(
 ) -> Outcomes:
     code = _validate(request, context.policy)
     if code is not None:
-        return Outcomes(decisions=[_decline(request, context, code[0], code[1])])
+        return _declined(request, context, code[0], code[1])
     if state.status == "CLOSED":
-        return Outcomes(decisions=[_decline(request, context, ACCOUNT_CLOSED)])
+        return _declined(request, context, ACCOUNT_CLOSED)
     handler = _HANDLERS[request["kind"]]
     return handler(state, request, context, position, fraud)
 
@@ -387,10 +387,10 @@ def _fund(
     """How the payer pays for a request that spends money, or the decline saying why not."""
     if fraud.action == "DECLINE":
         # _decision_for already lists the fraud reasons.
-        return Outcomes(decisions=[_decline(request, context, FRAUDULENT, fraud=fraud)])
+        return _declined(request, context, FRAUDULENT, fraud=fraud)
     settlement = _settle(state, request["amount_minor"], request["currency"], context)
     if isinstance(settlement, str):
-        return Outcomes(decisions=[_decline(request, context, settlement, fraud=fraud)])
+        return _declined(request, context, settlement, fraud=fraud)
     if not _can_spend(state, settlement):
         decline = _decline(request, context, INSUFFICIENT_FUNDS, fraud=fraud, settlement=settlement)
         return Outcomes(decisions=[decline])
@@ -413,12 +413,8 @@ def _topup(
     currency, amount = request["currency"], request["amount_minor"]
     balance = state.balance(currency)
     if balance.total_minor + amount > AMOUNT_MINOR_MAX:
-        return Outcomes(
-            decisions=[
-                _decline(
-                    request, context, INVALID_AMOUNT, "balance would exceed the largest amount"
-                )
-            ]
+        return _declined(
+            request, context, INVALID_AMOUNT, "balance would exceed the largest amount"
         )
     balance.available_minor += amount
     if state.home_currency is None:
@@ -452,7 +448,7 @@ def _payment(
         # The request id is the payment id: reusing it under another idempotency key
         # would overwrite the record (orphaning its hold) and reuse its transaction ids.
         reason = f"request_id {request['request_id']!r} already names a payment"
-        return Outcomes(decisions=[_decline(request, context, INVALID_REQUEST, reason)])
+        return _declined(request, context, INVALID_REQUEST, reason)
     settlement = _fund(state, request, context, fraud)
     if isinstance(settlement, Outcomes):
         return settlement
@@ -463,11 +459,7 @@ def _payment(
         if expires_at is None:  # not `or`: 0 is a time (long past), not "no expiry given"
             expires_at = request["created_at_ms"] + context.policy.hold_default_ms
         if expires_at <= state.clock_ms:
-            return Outcomes(
-                decisions=[
-                    _decline(request, context, INVALID_REQUEST, "expires_at_ms is in the past")
-                ]
-            )
+            return _declined(request, context, INVALID_REQUEST, "expires_at_ms is in the past")
     payment_id = request["request_id"]
     payee = request["counterparty_id"]
     assert payee is not None  # _validate checked it
@@ -585,18 +577,14 @@ def _open_authorization(
             decisions=[_decline(request, context, ORIGINAL_NOT_FOUND, f"no payment {payment_id}")]
         )
     if record.status == "EXPIRED":
-        return Outcomes(decisions=[_decline(request, context, AUTHORIZATION_EXPIRED)])
+        return _declined(request, context, AUTHORIZATION_EXPIRED)
     if record.status == "CAPTURED":
-        return Outcomes(decisions=[_decline(request, context, ALREADY_CAPTURED)])
+        return _declined(request, context, ALREADY_CAPTURED)
     if record.status == "VOIDED":
-        return Outcomes(decisions=[_decline(request, context, ALREADY_VOIDED)])
+        return _declined(request, context, ALREADY_VOIDED)
     if request["kind"] == "CAPTURE" and request["currency"] != record.currency:
-        return Outcomes(
-            decisions=[
-                _decline(
-                    request, context, INVALID_REQUEST, f"authorization is in {record.currency}"
-                )
-            ]
+        return _declined(
+            request, context, INVALID_REQUEST, f"authorization is in {record.currency}"
         )
     return record
 
@@ -614,15 +602,11 @@ def _capture(
     record = found
     amount = request["amount_minor"] or record.amount_minor
     if amount > record.amount_minor:
-        return Outcomes(
-            decisions=[
-                _decline(
-                    request,
-                    context,
-                    CAPTURE_EXCEEDS_AUTHORIZATION,
-                    f"authorized {record.amount_minor}",
-                )
-            ]
+        return _declined(
+            request,
+            context,
+            CAPTURE_EXCEEDS_AUTHORIZATION,
+            f"authorized {record.amount_minor}",
         )
     settled = pro_rata_minor(
         record.settled_amount_minor, amount, record.amount_minor, round_up=True
@@ -695,26 +679,14 @@ def _refund(
             decisions=[_decline(request, context, ORIGINAL_NOT_FOUND, f"no payment {payment_id}")]
         )
     if record.status != "CAPTURED":
-        return Outcomes(
-            decisions=[
-                _decline(
-                    request, context, INVALID_REQUEST, f"payment is {record.status}, not captured"
-                )
-            ]
+        return _declined(
+            request, context, INVALID_REQUEST, f"payment is {record.status}, not captured"
         )
     if request["currency"] != record.currency:
-        return Outcomes(
-            decisions=[
-                _decline(request, context, INVALID_REQUEST, f"payment is in {record.currency}")
-            ]
-        )
+        return _declined(request, context, INVALID_REQUEST, f"payment is in {record.currency}")
     refundable = record.captured_minor - record.refunded_minor - record.refund_pending_minor
     if request["amount_minor"] > refundable:
-        return Outcomes(
-            decisions=[
-                _decline(request, context, REFUND_EXCEEDS_PAYMENT, f"refundable {refundable}")
-            ]
-        )
+        return _declined(request, context, REFUND_EXCEEDS_PAYMENT, f"refundable {refundable}")
     record.refund_pending_minor += request["amount_minor"]
     record.refund_keys[request["request_id"]] = request["idempotency_key"] or request["request_id"]
     leg = _leg(
@@ -1094,6 +1066,20 @@ def _decision(
         "created_at_ms": request["created_at_ms"],
         "decided_at_ms": decided_at_ms,
     }
+
+
+def _declined(
+    request: Request,
+    context: Context,
+    code: str,
+    *reasons: str,
+    fraud: FraudAssessment = NO_FRAUD,
+    settlement: _Settlement | None = None,
+) -> Outcomes:
+    """Outcomes of a declined request: its decision and nothing else."""
+    return Outcomes(
+        decisions=[_decline(request, context, code, *reasons, fraud=fraud, settlement=settlement)]
+    )
 
 
 def _decline(
