@@ -23,6 +23,11 @@ COMMAND_MODULES: tuple[str, ...] = (
     "streams.worker",
     "streams.client_cli",
     "streams.demo",
+    "streams.ledger.cli",
+    "streams.replay",
+    "models.simulate_cli",
+    "models.model_cli",
+    "bench.cli",
 )
 
 

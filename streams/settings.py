@@ -106,6 +106,18 @@ class Settings:
     standby_replicas: int = field(
         default=0, metadata={"doc": "faust table standby replicas (shorter failover)."}
     )
+    ledger_batch_entries_max: int = field(
+        default=20_000,
+        metadata={"doc": "Ledger sink: most entries written per database transaction."},
+    )
+    ledger_batch_within_ms: int = field(
+        default=200,
+        metadata={"doc": "Ledger sink: longest it waits to fill a batch, in milliseconds."},
+    )
+    ledger_backoff_max_s: int = field(
+        default=30,
+        metadata={"doc": "Ledger sink: longest wait between retries while PostgreSQL is down."},
+    )
     log_level: str = field(default="INFO", metadata={"doc": "Log level of workers and tools."})
 
     def topic(self, name: str) -> str:
@@ -117,7 +129,7 @@ class Settings:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.metadata.get("secret") and value is not None:
-                value = _mask_secret(str(value))
+                value = mask_secret(str(value))
             parts.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(parts)})"
 
@@ -137,7 +149,7 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-def _mask_secret(value: str) -> str:
+def mask_secret(value: str) -> str:
     """Hide a password inside a DSN or URL; never print secrets."""
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", re.sub(r"password=\S+", "password=***", value))
 
@@ -204,6 +216,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 def _validate(settings: Settings) -> None:
     if settings.partitions < 1:
         raise SettingsError(f"PAYSTREAM_PARTITIONS={settings.partitions}: must be at least 1")
+    if settings.ledger_batch_entries_max < 2:
+        raise SettingsError("PAYSTREAM_LEDGER_BATCH_ENTRIES_MAX must be at least 2")
+    if settings.ledger_backoff_max_s < 1:
+        raise SettingsError("PAYSTREAM_LEDGER_BACKOFF_MAX_S must be at least 1")
     if settings.batch_size_max < 1:
         raise SettingsError("PAYSTREAM_BATCH_SIZE_MAX must be at least 1")
     for code in settings.currencies:

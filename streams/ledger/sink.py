@@ -1,0 +1,371 @@
+"""``paystream ledger-sink``: ledger.entries -> PostgreSQL, batched, idempotent, outage-proof.
+
+One loop, one thread: collect up to ``ledger_batch_entries_max`` entries or
+``ledger_batch_within_ms``, decode and check them (a bad one becomes a dead letter
+with its reason), write the batch in one database transaction
+(:class:`~streams.ledger.writer.LedgerWriter`), flush the dead letters, and only
+then commit the consumer offsets. A crash anywhere before the commit re-reads the
+batch, and rewriting it changes nothing (transaction ids are the primary key and a
+redelivery must match the stored fingerprint).
+
+While PostgreSQL is unreachable the sink keeps the batch it holds, pauses its
+partitions (still polling, so it stays in the consumer group), logs, and retries
+with capped exponential backoff; when the database is back it writes the held
+batch and carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents.pipeline import producer_config
+from agents.rules.ledger import fingerprint, transaction_problem
+from schemas.codec import Codecs, SchemaError, load_codec
+from streams import topics as names
+from streams.errors import InfraError
+from streams.ledger.db import database_dsn
+from streams.ledger.writer import LedgerWriter, SourcedTransaction, WriteResult
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BACKOFF_INITIAL_S = 0.25
+POOL_CHECKOUT_TIMEOUT_S = 5.0
+REPORT_EVERY_S = 10.0
+DLQ_FLUSH_TIMEOUT_S = 30.0
+CONSUME_MESSAGES_MAX = 10_000
+
+
+@dataclass
+class SinkStats:
+    batches: int = 0
+    transactions: int = 0
+    entries: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    outages: int = 0
+    outage_s: float = 0.0
+    retries: int = 0
+    dead_letter_reasons: list[str] = field(default_factory=list)
+
+    def add(self, result: WriteResult) -> None:
+        self.transactions += result.written
+        self.entries += result.entries
+        self.duplicates += result.duplicates
+
+
+def unavailable_errors() -> tuple[type[BaseException], ...]:
+    """Errors meaning "the database cannot take this now": wait and retry the same batch."""
+    import psycopg
+    import psycopg_pool
+
+    return (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout)
+
+
+class BatchWriter:
+    """Decode, check, write with retry, dead-letter: everything between Kafka and PostgreSQL.
+
+    Shared by the sink and ``paystream replay --sink ledger``; the caller owns the
+    source (a consumer group, or an offset range) and what to do while waiting.
+    """
+
+    def __init__(self, settings: Settings, dsn: str | None = None) -> None:
+        from confluent_kafka import Producer
+        from psycopg_pool import ConnectionPool
+
+        self.settings = settings
+        self.codec: Codecs = load_codec(settings.schema_registry_url)
+        self.writer = LedgerWriter()
+        self.stats = SinkStats()
+        self.dsn = dsn or database_dsn(settings)
+        self.pool = ConnectionPool(
+            self.dsn,
+            min_size=1,
+            max_size=1,
+            open=False,
+            kwargs={"autocommit": True},
+            check=ConnectionPool.check_connection,
+            reconnect_timeout=0,  # never give up: the sink waits for the database
+            name="ledger-sink",
+        )
+        self.pool.open(wait=False)
+        self._dlq = Producer(producer_config(settings))
+        self._dlq_failures: list[str] = []
+        self._t_dlq = settings.topic(names.DLQ)
+
+    def close(self) -> None:
+        self.pool.close()
+        self._dlq.flush(DLQ_FLUSH_TIMEOUT_S)
+
+    def check_schema(self, wait: Callable[[float], bool]) -> None:
+        """Wait for the database, then refuse to run against an unmigrated one."""
+        from streams.ledger.db import load_migrations
+
+        expected = len(load_migrations())
+
+        def version(conn: Any) -> int:
+            row = conn.execute(
+                "SELECT coalesce(max(version), 0) FROM paystream_migrations"
+            ).fetchone()
+            return int(row[0])
+
+        import psycopg
+
+        try:
+            applied = self._with_retry(lambda conn: version(conn), wait, "checking the schema")
+        except psycopg.errors.UndefinedTable:
+            applied = 0
+        if applied is None:
+            return
+        if applied < expected:
+            raise InfraError(
+                f"the ledger database is at migration {applied}, this sink needs {expected}: "
+                "run `paystream db migrate` first"
+            )
+
+    def handle(self, messages: list[Any], wait: Callable[[float], bool]) -> bool:
+        """Write one batch of consumed messages; False if ``wait`` said to stop before it was."""
+        batch: list[SourcedTransaction] = []
+        by_id: dict[int, Any] = {}
+        for msg in messages:
+            item = self._decode(msg)
+            if item is not None:
+                batch.append(item)
+                by_id[id(item)] = msg
+        if batch:
+            result = self._with_retry(
+                lambda conn: self.writer.write(conn, batch), wait, f"writing {len(batch)} txs"
+            )
+            if result is None:
+                return False
+            self.stats.add(result)
+            for item, reason in result.rejected:
+                error_class = "conflicting_duplicate" if "duplicate" in reason else (
+                    "constraint_violation"
+                )  # fmt: skip
+                self._dead_letter(by_id[id(item)], error_class, reason)
+        self.stats.batches += 1
+        self._flush_dead_letters()
+        return True
+
+    def _decode(self, msg: Any) -> SourcedTransaction | None:
+        value = msg.value()
+        if value is None:
+            self._dead_letter(msg, "schema_error", "message has no value")
+            return None
+        try:
+            tx: Any = self.codec.decode(names.LEDGER, value, msg.partition(), msg.offset())
+        except SchemaError as exc:
+            self._dead_letter(msg, "schema_error", str(exc))
+            return None
+        problem = transaction_problem(tx)
+        if problem is not None:
+            self._dead_letter(msg, "constraint_violation", problem)
+            return None
+        return SourcedTransaction(tx, fingerprint(tx), msg.topic(), msg.partition(), msg.offset())
+
+    def _with_retry(self, action: Callable[[Any], Any], wait: Callable[[float], bool],
+                    what: str) -> Any:  # fmt: skip
+        """Run ``action(conn)``; while the database is unavailable, back off and retry."""
+        errors = unavailable_errors()
+        delay = BACKOFF_INITIAL_S
+        down_since: float | None = None
+        while True:
+            try:
+                with self.pool.connection(timeout=POOL_CHECKOUT_TIMEOUT_S) as conn:
+                    result = action(conn)
+            except errors as exc:
+                self.writer.forget()
+                if down_since is None:
+                    down_since = time.monotonic()
+                    self.stats.outages += 1
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
+                log.warning(
+                    "ledger sink: PostgreSQL unavailable while %s (%s); retrying in %.1f s",
+                    what, reason, delay,
+                )  # fmt: skip
+                self.stats.retries += 1
+                if not wait(delay):
+                    self.stats.outage_s += time.monotonic() - down_since
+                    return None
+                delay = min(delay * 2, float(self.settings.ledger_backoff_max_s))
+                continue
+            if down_since is not None:
+                outage = time.monotonic() - down_since
+                self.stats.outage_s += outage
+                log.warning("ledger sink: PostgreSQL is back after %.1f s; resuming", outage)
+            return result
+
+    def _dead_letter(self, msg: Any, error_class: str, error: str) -> None:
+        log.warning(
+            "ledger sink: dead letter %s[%d]@%d: %s: %s",
+            msg.topic(), msg.partition(), msg.offset(), error_class, error,
+        )  # fmt: skip
+        record = {
+            "original_topic": msg.topic(),
+            "original_partition": msg.partition(),
+            "original_offset": msg.offset(),
+            "original_key": msg.key(),
+            "original_value": msg.value(),
+            "error_class": error_class,
+            "error": error,
+            "first_seen_ms": int(time.time() * 1000),
+            "worker": "ledger-sink",
+        }
+        value = self.codec.encode(names.DLQ, record)
+        while True:
+            try:
+                self._dlq.produce(self._t_dlq, value, msg.key(), on_delivery=self._delivered)
+                break
+            except BufferError:
+                self._dlq.poll(0.05)
+        self.stats.dead_letters += 1
+        if len(self.stats.dead_letter_reasons) < 100:
+            self.stats.dead_letter_reasons.append(f"{error_class}: {error}")
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._dlq_failures.append(f"{msg.topic()}: {err}")
+
+    def _flush_dead_letters(self) -> None:
+        """Dead letters are durable before the offsets of their originals are committed."""
+        if self._dlq.flush(DLQ_FLUSH_TIMEOUT_S) or self._dlq_failures:
+            failures, self._dlq_failures = self._dlq_failures, []
+            raise InfraError(f"dead letters could not be written to {self._t_dlq}: {failures}")
+
+
+class LedgerSink:
+    """The consumer-group loop around :class:`BatchWriter`."""
+
+    def __init__(self, settings: Settings, dsn: str | None = None, group_id: str | None = None):
+        from confluent_kafka import Consumer
+
+        self.settings = settings
+        self.topic = settings.topic(names.LEDGER)
+        self.group_id = group_id or f"{settings.app_id}-ledger-sink"
+        self.batches = BatchWriter(settings, dsn)
+        self.stop = threading.Event()
+        self._paused = False
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": settings.brokers,
+                "group.id": self.group_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "partition.assignment.strategy": "cooperative-sticky",
+                "max.poll.interval.ms": 300_000,
+                "fetch.max.bytes": 64 * 1024 * 1024,
+            }
+        )
+
+    @property
+    def stats(self) -> SinkStats:
+        return self.batches.stats
+
+    def run(self, idle_exit_s: float | None = None) -> SinkStats:
+        """Consume until ``stop`` is set (or nothing arrives for ``idle_exit_s``)."""
+        self.batches.check_schema(self._wait)
+        self.consumer.subscribe([self.topic])
+        log.info("ledger sink: consuming %s as group %s", self.topic, self.group_id)
+        last_report = last_data = time.monotonic()
+        reported = 0
+        try:
+            while not self.stop.is_set():
+                messages = self._collect()
+                now = time.monotonic()
+                if messages:
+                    last_data = now
+                    if not self.batches.handle(messages, self._wait):
+                        break
+                    self._commit(messages)
+                elif idle_exit_s is not None and now - last_data > idle_exit_s:
+                    break
+                if now - last_report > REPORT_EVERY_S and self.stats.entries != reported:
+                    rate = (self.stats.entries - reported) / (now - last_report)
+                    log.info(
+                        "ledger sink: %d transactions, %d entries (%.0f entries/s), "
+                        "%d duplicates, %d dead letters",
+                        self.stats.transactions, self.stats.entries, rate,
+                        self.stats.duplicates, self.stats.dead_letters,
+                    )  # fmt: skip
+                    last_report, reported = now, self.stats.entries
+        finally:
+            self.consumer.close()
+            self.batches.close()
+        return self.stats
+
+    def _collect(self) -> list[Any]:
+        """Up to the batch bound of entries, or whatever arrived within the batch time."""
+        entries_max = self.settings.ledger_batch_entries_max
+        within_s = self.settings.ledger_batch_within_ms / 1000
+        messages: list[Any] = []
+        entries_estimate = 0
+        deadline: float | None = None
+        while entries_estimate < entries_max and not self.stop.is_set():
+            timeout = 0.2 if deadline is None else deadline - time.monotonic()
+            if timeout <= 0:
+                break
+            room = max(1, min(CONSUME_MESSAGES_MAX, (entries_max - entries_estimate) // 2))
+            for msg in self.consumer.consume(room, timeout):
+                error = msg.error()
+                if error is not None:
+                    if error.fatal():
+                        raise InfraError(f"ledger sink consumer failed: {error}")
+                    log.warning("ledger sink: consumer: %s", error)
+                    continue
+                messages.append(msg)
+                # Most transactions carry two entries; the exact count is known after decoding.
+                entries_estimate += 2
+            if messages and deadline is None:
+                deadline = time.monotonic() + within_s
+            if not messages and deadline is None:
+                break
+        return messages
+
+    def _commit(self, messages: list[Any]) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        upto: dict[int, int] = {}
+        for msg in messages:
+            if msg.offset() >= upto.get(msg.partition(), -1):
+                upto[msg.partition()] = msg.offset()
+        owned = {tp.partition for tp in self.consumer.assignment()}
+        offsets = [TopicPartition(self.topic, p, o + 1) for p, o in upto.items() if p in owned]
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # Lost the partitions in a rebalance: their new owner rewrites, which is harmless.
+            log.warning("ledger sink: offset commit failed (%s); the batch will be re-read", exc)
+
+    def _wait(self, delay_s: float) -> bool:
+        """Sleep ``delay_s`` with our partitions paused but the group membership alive."""
+        from confluent_kafka import TopicPartition
+
+        assignment = self.consumer.assignment()
+        if assignment:
+            self.consumer.pause(assignment)
+        deadline = time.monotonic() + delay_s
+        try:
+            while not self.stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return True
+                msg = self.consumer.poll(min(left, 0.5))
+                if msg is not None and msg.error() is None:
+                    # A partition assigned during the wait is not paused: put it back.
+                    tp = TopicPartition(str(msg.topic()), int(msg.partition() or 0),
+                                        int(msg.offset() or 0))  # fmt: skip
+                    self.consumer.pause([tp])
+                    self.consumer.seek(tp)
+            return False
+        finally:
+            assignment = self.consumer.assignment()
+            if assignment:
+                self.consumer.resume(assignment)

@@ -1,0 +1,145 @@
+"""The batch writer against real PostgreSQL: exactly once, whatever is redelivered."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import psycopg
+import pytest
+
+from agents.rules.ledger import fingerprint, net_balances
+from streams.ledger.reconcile import check_balances, check_transactions
+from streams.ledger.writer import LedgerWriter, SourcedTransaction
+from tests.agents.rules.test_ledger import tx
+
+pytestmark = pytest.mark.integration
+
+JAN_2026_MS = 1_767_225_600_000
+DAY_MS = 86_400_000
+
+
+def sourced(t: dict[str, Any], offset: int = 0) -> SourcedTransaction:
+    return SourcedTransaction(t, fingerprint(t), "ledger.entries", 0, offset)
+
+
+def payments(count: int, start_ms: int = JAN_2026_MS, step_ms: int = 1000) -> list[dict]:
+    out = []
+    for i in range(count):
+        t = tx(f"r{i}:payment", (f"c{i % 7}", "DEBIT", 100 + i, "EUR"),
+               (f"m{i % 3}", "CREDIT", 100 + i, "EUR"))  # fmt: skip
+        t["posted_at_ms"] = start_ms + i * step_ms
+        out.append(t)
+    return out
+
+
+def stored_balances(conn: psycopg.Connection) -> dict[tuple[str, str], int]:
+    rows = conn.execute("SELECT account_id, currency, balance_minor FROM account_balances")
+    return {(a, c): b for a, c, b in rows}
+
+
+@pytest.fixture
+def conn(ledger_dsn: str) -> psycopg.Connection:
+    return psycopg.connect(ledger_dsn, autocommit=True)
+
+
+def test_a_batch_is_written_with_its_balances(conn: psycopg.Connection) -> None:
+    batch = payments(500)
+    result = LedgerWriter().write(conn, [sourced(t, i) for i, t in enumerate(batch)])
+    assert (result.written, result.entries, result.duplicates, result.rejected) == (
+        500, 1000, 0, []
+    )  # fmt: skip
+    assert stored_balances(conn) == {k: v for k, v in net_balances(batch).items()}
+    assert check_transactions(conn) == [] and check_balances(conn) == []
+    types = dict(conn.execute("SELECT account_id, account_type FROM accounts"))
+    assert types["c0"] == "customer"
+
+
+def test_redelivered_batches_change_nothing(conn: psycopg.Connection) -> None:
+    batch = [sourced(t, i) for i, t in enumerate(payments(200))]
+    LedgerWriter().write(conn, batch)
+    before = stored_balances(conn)
+    again = LedgerWriter().write(conn, batch[50:] + batch[:10] + batch[:10])
+    assert (again.written, again.duplicates) == (0, 170)
+    assert stored_balances(conn) == before
+    assert conn.execute("SELECT count(*) FROM ledger_entries").fetchone() == (400,)
+
+
+def test_a_batch_overlapping_the_ledger_writes_only_the_new_part(conn: psycopg.Connection) -> None:
+    batch = [sourced(t, i) for i, t in enumerate(payments(100))]
+    LedgerWriter().write(conn, batch[:60])
+    result = LedgerWriter().write(conn, batch[40:])
+    assert (result.written, result.duplicates) == (40, 20)
+    assert stored_balances(conn) == net_balances([s.tx for s in batch])
+
+
+def test_a_conflicting_duplicate_is_rejected_and_the_rest_written(
+    conn: psycopg.Connection,
+) -> None:
+    batch = payments(3)
+    LedgerWriter().write(conn, [sourced(batch[0])])
+    changed = tx("r0:payment", ("c0", "DEBIT", 999, "EUR"), ("m0", "CREDIT", 999, "EUR"))
+    result = LedgerWriter().write(conn, [sourced(changed), *map(sourced, batch[1:])])
+    assert result.written == 2
+    [(item, reason)] = result.rejected
+    assert item.tx is changed and "different content" in reason
+    assert stored_balances(conn) == net_balances(batch)
+
+
+def test_a_conflict_inside_one_batch_is_rejected(conn: psycopg.Connection) -> None:
+    first = tx("r9:payment")
+    second = tx("r9:payment", ("x", "DEBIT", 5, "EUR"), ("y", "CREDIT", 5, "EUR"))
+    result = LedgerWriter().write(conn, [sourced(first, 1), sourced(second, 2)])
+    assert result.written == 1
+    assert "same transaction id as ledger.entries[0]@1" in result.rejected[0][1]
+
+
+def test_months_get_their_own_partitions(conn: psycopg.Connection) -> None:
+    batch = payments(90, start_ms=JAN_2026_MS - 40 * DAY_MS, step_ms=DAY_MS)
+    LedgerWriter().write(conn, [sourced(t) for t in batch])
+    parts = sorted(
+        name
+        for (name,) in conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'ledger_entries'"
+        )
+    )
+    assert parts == [
+        "ledger_entries_y2025m11", "ledger_entries_y2025m12", "ledger_entries_y2026m01",
+        "ledger_entries_y2026m02",
+    ]  # fmt: skip
+    assert conn.execute("SELECT count(*) FROM ledger_entries").fetchone() == (180,)
+
+
+def test_what_only_the_database_refuses_is_rejected_alone(conn: psycopg.Connection) -> None:
+    good = payments(5)
+    bad = tx("bad:payment", ("c1", "DEBIT", 1, "EUR"), ("m1", "CREDIT", 1, "EUR"))
+    bad["entries"][0]["amount_minor"] = 0  # bypasses the sink's own checks on purpose
+    bad["entries"][1]["amount_minor"] = 0
+    result = LedgerWriter().write(conn, [*map(sourced, good[:2]), sourced(bad),
+                                         *map(sourced, good[2:])])  # fmt: skip
+    assert result.written == 5
+    [(item, reason)] = result.rejected
+    assert item.tx is bad and "refused by PostgreSQL" in reason and "amount_minor" in reason
+    assert stored_balances(conn) == net_balances(good)
+
+
+def test_two_writers_racing_on_the_same_batch_write_it_once(ledger_dsn: str) -> None:
+    batch = [sourced(t, i) for i, t in enumerate(payments(3000))]
+    results = []
+
+    def write() -> None:
+        with psycopg.connect(ledger_dsn, autocommit=True) as conn:
+            results.append(LedgerWriter().write(conn, batch))
+
+    threads = [threading.Thread(target=write) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(r.written for r in results)[-1] == 3000
+    assert sum(r.written for r in results) == 3000
+    assert sum(r.duplicates for r in results) == 6000
+    with psycopg.connect(ledger_dsn) as conn:
+        assert stored_balances(conn) == net_balances([s.tx for s in batch])
+        assert check_balances(conn) == []
