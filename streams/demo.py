@@ -18,31 +18,11 @@ import uuid
 from collections import Counter, defaultdict
 from typing import Any
 
+from streams.reporting import PROGRESS_EVERY_S, percentile, progress
 from streams.settings import Settings
 
 WORKER_STOP_TIMEOUT_S = 30.0
 DECISIONS_TIMEOUT_S = 300.0
-PROGRESS_EVERY_S = 0.5
-
-
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(fraction * (len(sorted_values) - 1))))
-    return sorted_values[index]
-
-
-def progress(label: str, done: int, total: int, started: float, final: bool = False) -> None:
-    """A one-line progress bar on a terminal; a plain line now and then otherwise."""
-    if not sys.stderr.isatty() and not final:
-        return
-    width = 30
-    filled = int(width * done / max(total, 1))
-    rate = done / max(time.monotonic() - started, 1e-9)
-    bar = "#" * filled + "." * (width - filled)
-    end = "\n" if not sys.stderr.isatty() else ""
-    sys.stderr.write(f"\r{label:<10} [{bar}] {done}/{total} {rate:,.0f}/s {end}")
-    sys.stderr.flush()
 
 
 def _start_infra(settings: Settings) -> tuple[Settings, list[Any]]:

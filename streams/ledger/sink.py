@@ -35,7 +35,7 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 BACKOFF_INITIAL_S = 0.25
-POOL_CHECKOUT_TIMEOUT_S = 5.0
+POOL_CHECKOUT_TIMEOUT_S = 2.0
 REPORT_EVERY_S = 10.0
 DLQ_FLUSH_TIMEOUT_S = 30.0
 CONSUME_MESSAGES_MAX = 10_000

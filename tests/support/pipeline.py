@@ -18,11 +18,11 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from agents.pipeline import producer_config
-from agents.rules import AccountState
 from agents.rules.records import Request
 from schemas.codec import load_codec
 from streams import topics as names
 from streams.dev import free_loopback_ports
+from streams.ledger.reconcile import worker_balances as changelog_balances
 from streams.settings import Settings, load_settings
 from streams.topics import create_topics
 
@@ -191,31 +191,5 @@ def ledger_balances(transactions: list[dict[str, Any]]) -> dict[tuple[str, str],
 
 
 def worker_balances(settings: Settings) -> dict[tuple[str, str], int]:
-    """Latest account values from the table's changelog topic: what the workers hold."""
-    changelog = f"{settings.app_id}-accounts-changelog"
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": settings.brokers, "group.id": "reader-" + changelog,
-                         "enable.auto.commit": False})  # fmt: skip
-    meta = consumer.list_topics(changelog, timeout=10).topics[changelog]
-    ends = {}
-    for p in meta.partitions:
-        ends[p] = consumer.get_watermark_offsets(TopicPartition(changelog, p), timeout=10)[1]
-    consumer.assign([TopicPartition(changelog, p, 0) for p in meta.partitions])
-    latest: dict[bytes, bytes] = {}
-    done: set[int] = {p for p, end in ends.items() if end == 0}
-    deadline = time.monotonic() + 60
-    while len(done) < len(ends) and time.monotonic() < deadline:
-        for msg in consumer.consume(5000, 0.2):
-            if msg.error() is None:
-                latest[msg.key()] = msg.value()
-                if msg.offset() + 1 >= ends[msg.partition()]:
-                    done.add(msg.partition())
-    consumer.close()
-    totals: dict[tuple[str, str], int] = {}
-    for raw in latest.values():
-        state = AccountState.from_bytes(raw)
-        for currency, balance in state.balances.items():
-            if balance.total_minor:
-                totals[(state.account_id, currency)] = balance.total_minor
-    return totals
+    """Non-zero balances the workers hold (latest values in the accounts changelog)."""
+    return {key: value for key, value in changelog_balances(settings).items() if value}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -40,3 +41,23 @@ def ledger_dsn(empty_dsn: str) -> str:
     """A new database with every migration applied."""
     migrate(empty_dsn)
     return empty_dsn
+
+
+@pytest.fixture
+def own_postgres(request: pytest.FixtureRequest) -> Any:
+    """A PostgreSQL server of this test's own, so the test may stop and restart it."""
+    import os
+
+    from streams.dev import free_loopback_ports
+    from streams.dev.postgres import PostgresServer
+
+    if os.environ.get("PAYSTREAM_TEST_DATABASE_URL", "").strip():
+        pytest.skip("stops its own PostgreSQL; not possible with an external database")
+    session = request.getfixturevalue("_dev_session")
+    (port,) = free_loopback_ports(1)
+    server = PostgresServer(session.state_dir / f"own-pg-{port}", port=port)
+    stop = session.cleanup.add(server.stop)
+    server.start()
+    migrate(server.dsn)
+    yield server
+    stop()
