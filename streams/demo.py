@@ -18,32 +18,12 @@ import uuid
 from collections import Counter, defaultdict
 from typing import Any
 
+from streams.dev.infra import start_infra
 from streams.reporting import PROGRESS_EVERY_S, percentile, progress
 from streams.settings import Settings
 
 WORKER_STOP_TIMEOUT_S = 30.0
 DECISIONS_TIMEOUT_S = 300.0
-
-
-def _start_infra(settings: Settings) -> tuple[Settings, list[Any]]:
-    """Start dev Kafka and PostgreSQL if not running; return settings and what to stop."""
-    from streams.dev.kafka import KafkaBroker
-    from streams.dev.postgres import PostgresServer
-
-    started: list[Any] = []
-    broker = KafkaBroker.from_settings(settings)
-    kafka = broker.start()
-    if not kafka.already_running:
-        started.append(broker)
-    how = "reused" if kafka.already_running else f"started in {kafka.elapsed_s:.1f} s"
-    print(f"kafka     {kafka.bootstrap} ({how})")
-    server = PostgresServer.from_settings(settings)
-    postgres = server.start()
-    if not postgres.already_running:
-        started.append(server)
-    how = "reused" if postgres.already_running else f"started in {postgres.elapsed_s:.1f} s"
-    print(f"postgres  {postgres.dsn} ({how})")
-    return settings.replace(brokers=kafka.bootstrap, database_url=postgres.dsn), started
 
 
 def _worker_env(settings: Settings) -> dict[str, str]:
@@ -62,7 +42,7 @@ def run_demo(settings: Settings, requests: int, accounts: int, external: bool = 
     worker = None
     log_path = settings.state_dir / "demo-worker.log"
     if not external:
-        settings, started = _start_infra(settings)
+        settings, started = start_infra(settings)
         run = uuid.uuid4().hex[:6]
         settings = settings.replace(topic_prefix=f"demo-{run}.", app_id=f"paystream-demo-{run}")
     try:

@@ -116,6 +116,13 @@ def render_include_conf(port: int, socket_dir: Path | None) -> str:
         f"port = {port}\n"
         f"unix_socket_directories = {socket_dirs}\n"
         "unix_socket_permissions = 0700\n"
+        # Sized for the ledger sink's batch COPYs (the defaults assume a tiny machine):
+        # with 4 MB of WAL buffers every large batch stalled on synchronous WAL writes.
+        # Durability is unchanged: fsync and synchronous_commit stay on.
+        "shared_buffers = '512MB'\n"
+        "wal_buffers = '64MB'\n"
+        "max_wal_size = '4GB'\n"
+        "checkpoint_timeout = '15min'\n"
     )
 
 

@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ POOL_CHECKOUT_TIMEOUT_S = 2.0
 REPORT_EVERY_S = 10.0
 DLQ_FLUSH_TIMEOUT_S = 30.0
 CONSUME_MESSAGES_MAX = 10_000
+AWAIT_POLL_S = 0.5
 
 
 @dataclass
@@ -52,6 +54,9 @@ class SinkStats:
     outage_s: float = 0.0
     retries: int = 0
     dead_letter_reasons: list[str] = field(default_factory=list)
+    # time.monotonic() of the first message read and of the last offset commit.
+    first_message_at: float | None = None
+    last_commit_at: float | None = None
 
     def add(self, result: WriteResult) -> None:
         self.transactions += result.written
@@ -97,6 +102,7 @@ class BatchWriter:
         self._dlq = Producer(producer_config(settings))
         self._dlq_failures: list[str] = []
         self._t_dlq = settings.topic(names.DLQ)
+        self._lock = threading.Lock()  # the sink writes on a thread while it decodes
 
     def close(self) -> None:
         self.pool.close()
@@ -130,28 +136,45 @@ class BatchWriter:
 
     def handle(self, messages: list[Any], wait: Callable[[float], bool]) -> bool:
         """Write one batch of consumed messages; False if ``wait`` said to stop before it was."""
-        batch: list[SourcedTransaction] = []
-        by_id: dict[int, Any] = {}
+        if not self.write(self.prepare(messages), wait):
+            return False
+        self.finish()
+        return True
+
+    def prepare(self, messages: list[Any]) -> list[tuple[SourcedTransaction, Any]]:
+        """Decode and check; what cannot enter the ledger becomes a dead letter now."""
+        prepared = []
         for msg in messages:
             item = self._decode(msg)
             if item is not None:
-                batch.append(item)
-                by_id[id(item)] = msg
-        if batch:
-            result = self._with_retry(
-                lambda conn: self.writer.write(conn, batch), wait, f"writing {len(batch)} txs"
-            )
-            if result is None:
-                return False
+                prepared.append((item, msg))
+        return prepared
+
+    def write(self, prepared: list[tuple[SourcedTransaction, Any]],
+              wait: Callable[[float], bool]) -> bool:  # fmt: skip
+        """Write a prepared batch (retrying while the database is down); False if stopped."""
+        if not prepared:
+            return True
+        batch = [item for item, _ in prepared]
+        origin = {id(item): msg for item, msg in prepared}
+        result = self._with_retry(
+            lambda conn: self.writer.write(conn, batch), wait, f"writing {len(batch)} txs"
+        )
+        if result is None:
+            return False
+        with self._lock:
             self.stats.add(result)
-            for item, reason in result.rejected:
-                error_class = "conflicting_duplicate" if "duplicate" in reason else (
-                    "constraint_violation"
-                )  # fmt: skip
-                self._dead_letter(by_id[id(item)], error_class, reason)
+        for item, reason in result.rejected:
+            error_class = "conflicting_duplicate" if "duplicate" in reason else (
+                "constraint_violation"
+            )  # fmt: skip
+            self._dead_letter(origin[id(item)], error_class, reason)
+        return True
+
+    def finish(self) -> None:
+        """After a batch is written: its dead letters are made durable."""
         self.stats.batches += 1
         self._flush_dead_letters()
-        return True
 
     def _decode(self, msg: Any) -> SourcedTransaction | None:
         value = msg.value()
@@ -224,9 +247,10 @@ class BatchWriter:
                 break
             except BufferError:
                 self._dlq.poll(0.05)
-        self.stats.dead_letters += 1
-        if len(self.stats.dead_letter_reasons) < 100:
-            self.stats.dead_letter_reasons.append(f"{error_class}: {error}")
+        with self._lock:
+            self.stats.dead_letters += 1
+            if len(self.stats.dead_letter_reasons) < 100:
+                self.stats.dead_letter_reasons.append(f"{error_class}: {error}")
 
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
@@ -267,22 +291,37 @@ class LedgerSink:
     def stats(self) -> SinkStats:
         return self.batches.stats
 
-    def run(self, idle_exit_s: float | None = None) -> SinkStats:
-        """Consume until ``stop`` is set (or nothing arrives for ``idle_exit_s``)."""
+    def run(self, idle_exit_s: float | None = None, until_entries: int | None = None) -> SinkStats:
+        """Consume until ``stop`` is set, nothing arrives for ``idle_exit_s``, or
+        ``until_entries`` entries have been written (the benchmark)."""
+        from concurrent.futures import ThreadPoolExecutor
+
         self.batches.check_schema(self._wait)
         self.consumer.subscribe([self.topic])
         log.info("ledger sink: consuming %s as group %s", self.topic, self.group_id)
         last_report = last_data = time.monotonic()
         reported = 0
+        # Pipelined: batch N is written on a thread (psycopg releases the GIL while the
+        # database works) while batch N+1 is read and decoded; N's offsets are committed
+        # only after N is in the database.
+        executor = ThreadPoolExecutor(1, thread_name_prefix="ledger-writer")
+        inflight: tuple[Future[bool], list[Any]] | None = None
         try:
             while not self.stop.is_set():
                 messages = self._collect()
+                prepared = self.batches.prepare(messages) if messages else None
                 now = time.monotonic()
+                if inflight is not None:
+                    if not self._settle(*inflight):
+                        inflight = None
+                        break
+                    inflight = None
+                    if until_entries is not None and self.stats.entries >= until_entries:
+                        break
                 if messages:
                     last_data = now
-                    if not self.batches.handle(messages, self._wait):
-                        break
-                    self._commit(messages)
+                    future = executor.submit(self.batches.write, prepared or [], self._sleep)
+                    inflight = (future, messages)
                 elif idle_exit_s is not None and now - last_data > idle_exit_s:
                     break
                 if now - last_report > REPORT_EVERY_S and self.stats.entries != reported:
@@ -294,10 +333,43 @@ class LedgerSink:
                         self.stats.duplicates, self.stats.dead_letters,
                     )  # fmt: skip
                     last_report, reported = now, self.stats.entries
+            if inflight is not None:
+                self._settle(*inflight)
         finally:
+            executor.shutdown(wait=True)
             self.consumer.close()
             self.batches.close()
         return self.stats
+
+    def _settle(self, future: Future[bool], messages: list[Any]) -> bool:
+        """Wait for a batch's write, then make its dead letters durable and commit it."""
+        if not self._await(future):
+            return False
+        self.batches.finish()
+        self._commit(messages)
+        self.stats.last_commit_at = time.monotonic()
+        return True
+
+    def _sleep(self, delay_s: float) -> bool:
+        """The writer thread's back-off: False when the sink is stopping."""
+        return not self.stop.wait(delay_s)
+
+    def _await(self, future: Future[bool]) -> bool:
+        """The write's result; meanwhile our partitions are paused and the group kept."""
+        from concurrent.futures import TimeoutError as FutureTimeout
+
+        paused = False
+        try:
+            while True:
+                try:
+                    return future.result(timeout=AWAIT_POLL_S)
+                except FutureTimeout:
+                    if not paused:
+                        paused = self._pause()
+                    self._poll_paused(0)
+        finally:
+            if paused:
+                self._resume()
 
     def _collect(self) -> list[Any]:
         """Up to the batch bound of entries, or whatever arrived within the batch time."""
@@ -319,6 +391,8 @@ class LedgerSink:
                     log.warning("ledger sink: consumer: %s", error)
                     continue
                 messages.append(msg)
+                if self.stats.first_message_at is None:
+                    self.stats.first_message_at = time.monotonic()
                 # Most transactions carry two entries; the exact count is known after decoding.
                 entries_estimate += 2
             if messages and deadline is None:
@@ -346,26 +420,37 @@ class LedgerSink:
 
     def _wait(self, delay_s: float) -> bool:
         """Sleep ``delay_s`` with our partitions paused but the group membership alive."""
-        from confluent_kafka import TopicPartition
-
-        assignment = self.consumer.assignment()
-        if assignment:
-            self.consumer.pause(assignment)
+        paused = self._pause()
         deadline = time.monotonic() + delay_s
         try:
             while not self.stop.is_set():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return True
-                msg = self.consumer.poll(min(left, 0.5))
-                if msg is not None and msg.error() is None:
-                    # A partition assigned during the wait is not paused: put it back.
-                    tp = TopicPartition(str(msg.topic()), int(msg.partition() or 0),
-                                        int(msg.offset() or 0))  # fmt: skip
-                    self.consumer.pause([tp])
-                    self.consumer.seek(tp)
+                self._poll_paused(min(left, AWAIT_POLL_S))
             return False
         finally:
-            assignment = self.consumer.assignment()
-            if assignment:
-                self.consumer.resume(assignment)
+            if paused:
+                self._resume()
+
+    def _pause(self) -> bool:
+        assignment = self.consumer.assignment()
+        if assignment:
+            self.consumer.pause(assignment)
+        return bool(assignment)
+
+    def _resume(self) -> None:
+        assignment = self.consumer.assignment()
+        if assignment:
+            self.consumer.resume(assignment)
+
+    def _poll_paused(self, timeout_s: float) -> None:
+        """Serve the group protocol; a message from a partition assigned meanwhile is put back."""
+        from confluent_kafka import TopicPartition
+
+        msg = self.consumer.poll(timeout_s)
+        if msg is not None and msg.error() is None:
+            tp = TopicPartition(str(msg.topic()), int(msg.partition() or 0),
+                                int(msg.offset() or 0))  # fmt: skip
+            self.consumer.pause([tp])
+            self.consumer.seek(tp)

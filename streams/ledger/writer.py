@@ -132,12 +132,12 @@ class LedgerWriter:
     def _write_batch(
         self, conn: Any, batch: list[SourcedTransaction], result: WriteResult
     ) -> WriteResult:
-        ids = [item.tx["transaction_id"] for item in batch]
+        _create_staging(conn)
+        _copy_rows(conn, "batch_ids", ["text"], ((item.tx["transaction_id"],) for item in batch))
         existing = dict(
             conn.execute(
-                "SELECT transaction_id, fingerprint FROM transactions "
-                "WHERE transaction_id = ANY(%s)",
-                (ids,),
+                "SELECT t.transaction_id, t.fingerprint FROM transactions t "
+                "JOIN batch_ids USING (transaction_id)"
             ).fetchall()
         )
         new: list[SourcedTransaction] = []
@@ -199,40 +199,38 @@ class LedgerWriter:
         if not first_seen:
             return
         accounts = sorted(first_seen)
+        _copy_rows(
+            conn, "batch_accounts", ["text", "text", "timestamptz"],
+            ((a, account_type(a), posted_at(first_seen[a])) for a in accounts),
+        )  # fmt: skip
         conn.execute(
             "INSERT INTO accounts (account_id, account_type, first_posted_at) "
-            "SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) "
-            "ORDER BY 1 ON CONFLICT (account_id) DO NOTHING",
-            (accounts, [account_type(a) for a in accounts],
-             [posted_at(first_seen[a]) for a in accounts]),
-        )  # fmt: skip
+            "SELECT * FROM batch_accounts ORDER BY 1 ON CONFLICT (account_id) DO NOTHING"
+        )
         if len(self._known_accounts) + len(accounts) > KNOWN_ACCOUNTS_MAX:
             self._known_accounts.clear()
-        # Only after commit would this be certain; a rollback calls forget() via the caller.
+        # Certain only once committed: every failure path calls forget() or clears it.
         self._known_accounts.update(accounts)
 
     def _add_balances(self, conn: Any, transactions: list[dict[str, Any]]) -> None:
-        deltas = sorted(balance_deltas(transactions).items())
+        deltas = balance_deltas(transactions)
+        _copy_rows(
+            conn, "batch_deltas", ["text", "text", "int8", "int8", "int8"],
+            ((a, c, row[0], row[1], row[2]) for (a, c), row in deltas.items()),
+        )  # fmt: skip
+        # Sorted, so concurrent writers lock balance rows in the same order (no deadlock).
         conn.execute(
             """INSERT INTO account_balances AS b (account_id, currency, balance_minor,
                    debits_minor, credits_minor, entry_count, updated_at)
-               SELECT a, c, cr - db, db, cr, n, now()
-               FROM unnest(%s::text[], %s::text[], %s::int8[], %s::int8[], %s::int8[])
-                    AS u(a, c, db, cr, n)
-               ORDER BY a, c
+               SELECT account_id, currency, credits_minor - debits_minor, debits_minor,
+                      credits_minor, entry_count, now()
+               FROM batch_deltas ORDER BY account_id, currency
                ON CONFLICT (account_id, currency) DO UPDATE SET
                    balance_minor = b.balance_minor + EXCLUDED.balance_minor,
                    debits_minor = b.debits_minor + EXCLUDED.debits_minor,
                    credits_minor = b.credits_minor + EXCLUDED.credits_minor,
                    entry_count = b.entry_count + EXCLUDED.entry_count,
-                   updated_at = EXCLUDED.updated_at""",
-            (
-                [key[0] for key, _ in deltas],
-                [key[1] for key, _ in deltas],
-                [row[0] for _, row in deltas],
-                [row[1] for _, row in deltas],
-                [row[2] for _, row in deltas],
-            ),
+                   updated_at = EXCLUDED.updated_at"""
         )
 
     def _write_one_by_one(
@@ -280,6 +278,27 @@ def ensure_partition(conn: Any, start: dt.datetime) -> None:
             conn.execute(statement)
     except psycopg.errors.DuplicateTable:
         pass  # a concurrent writer created it between our check and our CREATE
+
+
+def _create_staging(conn: Any) -> None:
+    """Per-session staging tables, emptied at every commit (cheap binary COPY targets)."""
+    conn.execute(
+        """CREATE TEMP TABLE IF NOT EXISTS batch_ids (transaction_id text)
+               ON COMMIT DELETE ROWS;
+           CREATE TEMP TABLE IF NOT EXISTS batch_accounts (
+               account_id text, account_type text, first_posted_at timestamptz)
+               ON COMMIT DELETE ROWS;
+           CREATE TEMP TABLE IF NOT EXISTS batch_deltas (
+               account_id text, currency text, debits_minor int8, credits_minor int8,
+               entry_count int8) ON COMMIT DELETE ROWS"""
+    )
+
+
+def _copy_rows(conn: Any, table: str, types: list[str], rows: Any) -> None:
+    with conn.cursor() as cur, cur.copy(f"COPY {table} FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(types)
+        for row in rows:
+            copy.write_row(row)
 
 
 def _conflict(txid: str, earlier: SourcedTransaction) -> str:

@@ -26,7 +26,9 @@ CREATE TABLE transactions (
 
 CREATE TABLE ledger_entries (
     entry_id       text        NOT NULL CHECK (entry_id <> ''),
-    transaction_id text        NOT NULL REFERENCES transactions (transaction_id),
+    -- Must name a row of transactions: checked per statement by the trigger below, which
+    -- is several times cheaper on a batch COPY than a row-by-row foreign key.
+    transaction_id text        NOT NULL,
     account_id     text        NOT NULL,
     direction      text        NOT NULL CHECK (direction IN ('DEBIT', 'CREDIT')),
     amount_minor   bigint      NOT NULL CHECK (amount_minor > 0),
@@ -53,11 +55,11 @@ CREATE TABLE account_balances (
     updated_at    timestamptz NOT NULL,
     PRIMARY KEY (account_id, currency),
     CHECK (balance_minor = credits_minor - debits_minor)
-);
+) WITH (fillfactor = 70);  -- room on each page for HOT updates of hot balances
 
 -- Every INSERT statement into ledger_entries must carry whole, balanced transactions:
--- per transaction, debits equal credits in every currency, and the statement holds
--- exactly the transaction's declared number of entries. Checked once per statement
+-- per transaction, debits equal credits in every currency, the transaction exists in
+-- transactions, and the statement holds exactly its declared number of entries. Checked once per statement
 -- over the inserted rows, so a batch COPY pays one aggregate, not a check per row.
 CREATE FUNCTION ledger_entries_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
@@ -78,9 +80,14 @@ BEGIN
     END IF;
     SELECT c.transaction_id, c.inserted, t.entry_count INTO bad
     FROM (SELECT transaction_id, count(*) AS inserted FROM new_rows GROUP BY transaction_id) AS c
-    JOIN transactions AS t USING (transaction_id)
-    WHERE c.inserted <> t.entry_count
+    LEFT JOIN transactions AS t USING (transaction_id)
+    WHERE t.entry_count IS DISTINCT FROM c.inserted
     LIMIT 1;
+    IF FOUND AND bad.entry_count IS NULL THEN
+        RAISE EXCEPTION 'entries of unknown transaction %: insert the transaction first',
+            bad.transaction_id
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
     IF FOUND THEN
         RAISE EXCEPTION 'incomplete transaction %: % entries inserted, % declared',
             bad.transaction_id, bad.inserted, bad.entry_count
