@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
 from streams.ledger.db import migrate
 
@@ -17,9 +17,7 @@ def fresh_database(server_dsn: str) -> tuple[str, str]:
     name = f"ledger_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_dsn, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
-    params = conninfo_to_dict(server_dsn)
-    params["dbname"] = name
-    return name, make_conninfo(**params)
+    return name, make_conninfo(server_dsn, dbname=name)
 
 
 def drop_database(server_dsn: str, name: str) -> None:
