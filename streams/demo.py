@@ -24,6 +24,7 @@ from streams.settings import Settings
 
 WORKER_STOP_TIMEOUT_S = 30.0
 DECISIONS_TIMEOUT_S = 300.0
+LEDGER_CATCH_UP_S = 60.0
 
 
 def _worker_env(settings: Settings) -> dict[str, str]:
@@ -39,7 +40,8 @@ def run_demo(settings: Settings, requests: int, accounts: int, external: bool = 
     from streams.topics import create_topics
 
     started: list[Any] = []
-    worker = None
+    worker = sink = None
+    ledger_db: tuple[str, str] | None = None
     log_path = settings.state_dir / "demo-worker.log"
     if not external:
         settings, started = start_infra(settings)
@@ -57,6 +59,15 @@ def run_demo(settings: Settings, requests: int, accounts: int, external: bool = 
                     start_new_session=True,
                 )  # fmt: skip
             print(f"worker    pid {worker.pid}, log {log_path}")
+            ledger_db = _ledger_database(settings)
+            sink_log = settings.state_dir / f"demo-sink-{settings.app_id}.log"
+            with sink_log.open("wb") as log_file:
+                sink = subprocess.Popen(
+                    [sys.executable, "-m", "streams.cli", "ledger-sink"],
+                    env=_worker_env(settings.replace(database_url=ledger_db[1])),
+                    stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                )  # fmt: skip
+            print(f"sink      pid {sink.pid}, database {ledger_db[0]}, log {sink_log}")
         spec = LoadSpec(
             requests=requests, accounts=accounts, start_ms=int(time.time() * 1000), step_ms=1
         )
@@ -99,16 +110,69 @@ def run_demo(settings: Settings, requests: int, accounts: int, external: bool = 
             elapsed = time.monotonic() - t0
             progress("deciding", len(decided), len(distinct), t0, final=True)
         _report(load, distinct, decided, latencies_ms, elapsed)
-        return 0 if not pending else 1
+        reconciled = True
+        if ledger_db is not None:
+            reconciled = _report_ledger(settings.replace(database_url=ledger_db[1]))
+        return 0 if not pending and reconciled else 1
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(WORKER_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        for process in (worker, sink):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(WORKER_STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        if ledger_db is not None:
+            _drop_database(settings, ledger_db[0])
         for server in reversed(started):
             server.stop()
+
+
+def _ledger_database(settings: Settings) -> tuple[str, str]:
+    """A fresh, migrated database for this demo run's ledger (dropped at the end)."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    from streams.ledger.db import database_dsn, migrate
+
+    server_dsn = database_dsn(settings)
+    name = f"demo_{settings.app_id.rsplit('-', 1)[-1]}"
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    dsn = make_conninfo(server_dsn, dbname=name)
+    migrate(dsn)
+    return name, dsn
+
+
+def _drop_database(settings: Settings, name: str) -> None:
+    import psycopg
+
+    from streams.ledger.db import database_dsn
+
+    with psycopg.connect(database_dsn(settings), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _report_ledger(settings: Settings) -> bool:
+    """Reconcile PostgreSQL with itself and the workers, once the last legs have landed."""
+    from streams.ledger.reconcile import reconcile
+
+    assert settings.database_url is not None
+    started = time.monotonic()
+    while True:
+        report = reconcile(settings, settings.database_url, wait_s=LEDGER_CATCH_UP_S)
+        if report.ok or time.monotonic() - started > LEDGER_CATCH_UP_S:
+            break
+        time.sleep(1)  # legs may still be crediting payees: the workers settle shortly
+    waited = time.monotonic() - started
+    print(f"  ledger (PostgreSQL)  {report.transactions:>8} transactions, {report.entries} entries")
+    if report.ok:
+        print(f"  ledger reconciled    0 discrepancies, workers included ({waited:.1f} s)")
+        return True
+    print(f"  ledger NOT reconciled: {len(report.discrepancies)} discrepancies, e.g.")
+    for discrepancy in report.discrepancies[:5]:
+        print(f"    {discrepancy.line()}")
+    return False
 
 
 def _report(
