@@ -15,6 +15,8 @@ from typing import Any
 import faust
 from faust.types import TP
 
+from agents.fraud import FraudStage
+from agents.model_watch import ModelWatcher
 from agents.pipeline import (
     AccountStates,
     FxRatesView,
@@ -37,6 +39,13 @@ from streams.app import (
 
 log = logging.getLogger(__name__)
 EXIT_INTERNAL_ERROR = 71
+
+
+def _rules_baseline() -> Any:
+    from models.features import FEATURE_NAMES
+    from models.scorer import RulesBaselineScorer
+
+    return RulesBaselineScorer(FEATURE_NAMES)
 
 
 class FaustPartitionStore:
@@ -71,14 +80,27 @@ producer = OutputProducer(settings)
 partition_store = FaustPartitionStore(accounts)
 changelog_name = accounts.changelog_topic.get_topic_name()
 account_states = AccountStates(partition_store, producer, changelog_name)
+fraud_stage = FraudStage(_rules_baseline())
+model_watcher = ModelWatcher(settings, fraud_stage)
 processor = Processor(
     settings,
     codec,
     account_states,
     producer,
     FxRatesView(lambda pair: fx_rates.get(pair), codec, names.FX_RATES),
+    fraud=fraud_stage,
     worker_name=f"{socket.gethostname()}:{settings.web_port}",
 )
+
+
+@app.task
+async def _watch_models() -> None:
+    log.info(
+        "fraud: no model promoted yet: serving with the rules baseline (%s); "
+        "watching %s for promotions", fraud_stage.champion.describe(),
+        settings.topic(names.FRAUD_MODELS),
+    )  # fmt: skip
+    model_watcher.start()
 
 
 @app.on_partitions_revoked.connect

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, NamedTuple, Protocol, cast
 
+from agents.fraud import FraudStage, split_rounds
 from agents.rules import AccountState, Context, FraudAssessment, Outcomes, apply_leg, decide
 from agents.rules.decide import NO_FRAUD, Policy, Position
 from agents.rules.fx import FxQuote
@@ -65,19 +66,6 @@ class Message(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
-
-
-class Scorer(Protocol):
-    """The fraud seam: one call per batch, one assessment per request."""
-
-    def assess_batch(self, requests: list[Request]) -> list[FraudAssessment]: ...
-
-
-class NullScorer:
-    """No model yet: every request scores 0 and is approved by fraud."""
-
-    def assess_batch(self, requests: list[Request]) -> list[FraudAssessment]:
-        return [NO_FRAUD] * len(requests)
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:
@@ -290,7 +278,7 @@ class Processor:
         states: AccountStates,
         producer: OutputProducer,
         fx_rates: Mapping[str, FxQuote],
-        scorer: Scorer | None = None,
+        fraud: FraudStage | None = None,
         worker_name: str | None = None,
     ) -> None:
         self.settings = settings
@@ -298,7 +286,8 @@ class Processor:
         self.states = states
         self.producer = producer
         self.fx_rates = fx_rates
-        self.scorer = scorer or NullScorer()
+        # None: no fraud scoring at all (every request is assessed NO_FRAUD).
+        self.fraud = fraud
         self.policy = policy_from(settings)
         self.worker_name = worker_name
         self.stats = BatchStats()
@@ -333,28 +322,56 @@ class Processor:
         )
 
     def process_requests(self, messages: list[Message]) -> list[HeldOutput]:
-        """Decide a batch; returns its outputs, to release once its state is durable."""
+        """Decide a batch; returns its outputs, to release once its state is durable.
+
+        Fraud scoring runs per round (see agents/fraud.py): each account at most once
+        per round, features from the state before the request, one model call per round.
+        """
         context = self._context(messages)
         decoded: list[tuple[Message, Request]] = []
         for message in messages:
             record = self._decode(message, names.REQUESTS)
             if record is not None:
                 decoded.append((message, cast(Request, record)))
-        assessments = self.scorer.assess_batch([request for _, request in decoded])
         cache: dict[str, AccountState | None] = {}
         touched: dict[str, tuple[int, AccountState]] = {}
-        for (message, request), fraud in zip(decoded, assessments, strict=True):
-            account = request["account_id"]
-            if account not in cache:
-                cache[account] = self.states.load(message.partition, account)
-            position = Position(message.topic, message.partition, message.offset)
-            state, outcomes = decide(cache[account], request, context, position, fraud)
-            cache[account] = state
-            touched[account] = (message.partition, state)
-            self._emit(account, outcomes)
+        for round_items in split_rounds(decoded, lambda item: item[1]["account_id"]):
+            for message, request in round_items:
+                if request["account_id"] not in cache:
+                    cache[request["account_id"]] = self.states.load(
+                        message.partition, request["account_id"]
+                    )
+            observed, assessments = self._assess(round_items, cache)
+            for (message, request), fraud, features in zip(
+                round_items, assessments, observed, strict=True
+            ):
+                account = request["account_id"]
+                position = Position(message.topic, message.partition, message.offset)
+                state, outcomes = decide(cache[account], request, context, position, fraud)
+                if features is not None:
+                    state.features = features[0]
+                cache[account] = state
+                touched[account] = (message.partition, state)
+                self._emit(account, outcomes)
         self.stats.requests += len(messages)
         self._save(touched)
         return self.take_held()
+
+    def _assess(
+        self, round_items: list[tuple[Message, Request]], cache: dict[str, AccountState | None]
+    ) -> tuple[list[Any], list[FraudAssessment]]:
+        """Feature states and assessments of one round (NO_FRAUD for unscored requests)."""
+        fraud = self.fraud
+        if fraud is None:
+            return [None] * len(round_items), [NO_FRAUD] * len(round_items)
+        observed = [fraud.features_for(cache[r["account_id"]], r) for _, r in round_items]
+        rows = [item[1] for item in observed if item is not None and item[1] is not None]
+        scored = iter(fraud.assess(rows))
+        assessments = [
+            next(scored) if item is not None and item[1] is not None else NO_FRAUD
+            for item in observed
+        ]
+        return observed, assessments
 
     # -- legs -------------------------------------------------------------------------
     def process_legs(self, messages: list[Message]) -> list[HeldOutput]:

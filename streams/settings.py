@@ -118,6 +118,20 @@ class Settings:
         default=30,
         metadata={"doc": "Ledger sink: longest wait between retries while PostgreSQL is down."},
     )
+    model_registry_dir: Path | None = field(
+        default=None,
+        metadata={"doc": "Directory of trained fraud models. Unset: <state_dir>/models."},
+    )
+    fraud_review_threshold: float | None = field(
+        default=None,
+        metadata={"doc": "Fraud score from which a payment is held for review. Unset: the "
+                         "model's, chosen by cost in its evaluation."},
+    )  # fmt: skip
+    fraud_decline_threshold: float | None = field(
+        default=None,
+        metadata={"doc": "Fraud score from which a payment is declined `fraudulent`. Unset: "
+                         "the model's."},
+    )  # fmt: skip
     log_level: str = field(default="INFO", metadata={"doc": "Log level of workers and tools."})
 
     def topic(self, name: str) -> str:
@@ -186,6 +200,15 @@ def _parse(field_type: Any, raw: str, name: str) -> Any:
             return items
         if field_type in ("str | None",):
             return text or None
+        if field_type in ("Path | None",):
+            return Path(text) if text else None
+        if field_type in ("float | None",):
+            if not text:
+                return None
+            score = float(text)
+            if not 0.0 <= score <= 1.0:
+                raise SettingsError(f"{name}={raw!r}: a score threshold is between 0 and 1")
+            return score
         return text
     except ValueError as exc:
         if isinstance(exc, SettingsError):
@@ -220,6 +243,12 @@ def _validate(settings: Settings) -> None:
         raise SettingsError("PAYSTREAM_LEDGER_BATCH_ENTRIES_MAX must be at least 2")
     if settings.ledger_backoff_max_s < 1:
         raise SettingsError("PAYSTREAM_LEDGER_BACKOFF_MAX_S must be at least 1")
+    review, decline = settings.fraud_review_threshold, settings.fraud_decline_threshold
+    if review is not None and decline is not None and review > decline:
+        raise SettingsError(
+            f"PAYSTREAM_FRAUD_REVIEW_THRESHOLD={review} is above "
+            f"PAYSTREAM_FRAUD_DECLINE_THRESHOLD={decline}"
+        )
     if settings.batch_size_max < 1:
         raise SettingsError("PAYSTREAM_BATCH_SIZE_MAX must be at least 1")
     for code in settings.currencies:

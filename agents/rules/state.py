@@ -97,6 +97,9 @@ class AccountState:
     clock_ms: int = 0
     # Earliest time at which a hold expires or a record may be pruned.
     next_expiry_ms: int | None = None
+    # The account's fraud feature state (models/features.py encode_state), opaque here: it
+    # rides in the same value so a request's features and its effect persist together.
+    features: Any = None
 
     def balance(self, currency: str) -> Balance:
         """The balance in ``currency``, created empty on first use."""
@@ -124,6 +127,7 @@ class AccountState:
             "refund_results": {k: list(v) for k, v in self.refund_results.items()},
             "clock_ms": self.clock_ms,
             "next_expiry_ms": self.next_expiry_ms,
+            "features": self.features,
         }
 
     @classmethod
@@ -149,6 +153,7 @@ class AccountState:
             refund_results={k: (v[0], v[1], v[2]) for k, v in data["refund_results"].items()},
             clock_ms=data["clock_ms"],
             next_expiry_ms=data["next_expiry_ms"],
+            features=data.get("features"),  # absent in values written before fraud scoring
         )
 
     def to_bytes(self) -> bytes:
