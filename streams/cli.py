@@ -25,6 +25,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "streams.demo",
     "streams.ledger.cli",
     "streams.replay",
+    "streams.verify",
+    "streams.chaos",
     "models.simulate_cli",
     "models.model_cli",
     "bench.cli",
