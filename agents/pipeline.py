@@ -335,14 +335,16 @@ class Processor:
                 decoded.append((message, cast(Request, record)))
         cache: dict[str, AccountState | None] = {}
         touched: dict[str, tuple[int, AccountState]] = {}
-        for round_items in split_rounds(decoded, lambda item: item[1]["account_id"]):
-            for message, request in round_items:
+        decided: list[tuple[int, str, Outcomes]] = []
+        indexed = list(enumerate(decoded))
+        for round_items in split_rounds(indexed, lambda item: item[1][1]["account_id"]):
+            for _, (message, request) in round_items:
                 if request["account_id"] not in cache:
                     cache[request["account_id"]] = self.states.load(
                         message.partition, request["account_id"]
                     )
-            observed, assessments = self._assess(round_items, cache)
-            for (message, request), fraud, features in zip(
+            observed, assessments = self._assess([item for _, item in round_items], cache)
+            for (index, (message, request)), fraud, features in zip(
                 round_items, assessments, observed, strict=True
             ):
                 account = request["account_id"]
@@ -352,7 +354,14 @@ class Processor:
                     state.features = features[0]
                 cache[account] = state
                 touched[account] = (message.partition, state)
-                self._emit(account, outcomes)
+                decided.append((index, account, outcomes))
+        # Outputs in offset order, whatever the rounds' order: a payee applies the legs of
+        # one source partition in offset order and skips any at or below the highest it
+        # has applied (agents/rules/decide.py, apply_leg), so a leg emitted after a
+        # later-offset one from the same partition would be lost.
+        decided.sort(key=lambda item: item[0])
+        for _, account, outcomes in decided:
+            self._emit(account, outcomes)
         self.stats.requests += len(messages)
         self._save(touched)
         return self.take_held()

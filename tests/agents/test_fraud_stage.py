@@ -148,3 +148,27 @@ def test_rounds_keep_each_accounts_order() -> None:
     items = [("a", 1), ("b", 1), ("a", 2), ("a", 3), ("c", 1), ("b", 2)]
     rounds = split_rounds(items, lambda item: item[0])
     assert rounds == [[("a", 1), ("b", 1), ("c", 1)], [("a", 2), ("b", 2)], [("a", 3)]]
+
+
+def test_outputs_leave_in_offset_order_whatever_the_rounds() -> None:
+    """Regression: rounds reordered outputs across accounts, so a payee saw a leg with a
+    lower source offset after a higher one and dropped it as already applied."""
+    codec = load_codec(None)
+    requests = [r for r in history(customers=4, payments=80) if r["kind"] == "PAYMENT"]
+    topups = [r for r in history(customers=4, payments=0)]
+    scorer = RecordingScorer()
+    states = AccountStates(DictStore(), NullProducer(), "changelog")  # type: ignore[arg-type]
+    processor = Processor(Settings(), codec, states, NullProducer(),  # type: ignore[arg-type]
+                          {}, fraud=RecordingStage(scorer))  # fmt: skip
+    batch = [*topups, *requests]
+    messages = [
+        Message(
+            names.REQUESTS, 0, offset, r["account_id"].encode(), codec.encode(names.REQUESTS, r)
+        )
+        for offset, r in enumerate(batch)
+    ]
+    held = processor.process_requests(messages)
+    assert len(scorer.calls) > 1, "the batch must need several rounds"
+    legs = [codec.decode(names.LEGS, value) for topic, _, value in held if topic.endswith("legs")]
+    offsets = [leg["source_offset"] for leg in legs]
+    assert len(offsets) > 10 and offsets == sorted(offsets)
