@@ -25,6 +25,7 @@ from streams.settings import Settings
 WORKER_STOP_TIMEOUT_S = 30.0
 DECISIONS_TIMEOUT_S = 300.0
 LEDGER_CATCH_UP_S = 60.0
+SIMULATED_DAYS = 30
 
 
 def _worker_env(settings: Settings) -> dict[str, str]:
@@ -33,10 +34,32 @@ def _worker_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def run_demo(settings: Settings, requests: int, accounts: int, external: bool = False) -> int:
+def demo_load(load_kind: str, requests: int, accounts: int) -> tuple[list[Any], dict[str, bool]]:
+    """The requests to send and, for the simulated load, which are fraud (ground truth)."""
+    if load_kind == "synthetic":
+        from streams.loadgen import LoadSpec, generate
+
+        spec = LoadSpec(
+            requests=requests, accounts=accounts, start_ms=int(time.time() * 1000), step_ms=1
+        )
+        return list(generate(spec)), {}
+    from models.simulate import SimulationSpec, simulate
+
+    sim = simulate(SimulationSpec(customers=accounts, merchants=max(20, accounts // 10),
+                                  days=SIMULATED_DAYS, fraud_rate=0.01, seed=7))  # fmt: skip
+    return sim.requests[:requests], sim.is_fraud
+
+
+def run_demo(
+    settings: Settings,
+    requests: int,
+    accounts: int,
+    external: bool = False,
+    load_kind: str = "simulated",
+) -> int:
     """Run the demo; ``external`` uses the configured brokers and already-running workers."""
     from streams.client import PaymentClient
-    from streams.loadgen import LoadSpec, fx_rates, generate
+    from streams.loadgen import DEFAULT_CURRENCIES, fx_rates
     from streams.topics import create_topics
 
     started: list[Any] = []
@@ -68,13 +91,11 @@ def run_demo(settings: Settings, requests: int, accounts: int, external: bool = 
                     stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
                 )  # fmt: skip
             print(f"sink      pid {sink.pid}, database {ledger_db[0]}, log {sink_log}")
-        spec = LoadSpec(
-            requests=requests, accounts=accounts, start_ms=int(time.time() * 1000), step_ms=1
-        )
-        load = list(generate(spec))
+        load, truth = demo_load(load_kind, requests, accounts)
         distinct = {r["request_id"] for r in load}
         with PaymentClient(settings) as client:
-            for rate in fx_rates(spec.currencies, spec.start_ms):
+            first_ms = min(r["created_at_ms"] for r in load)
+            for rate in fx_rates(DEFAULT_CURRENCIES, first_ms):
                 client.publish_fx_rate(
                     rate["base"], rate["quote"], rate["rate"], rate["spread_bps"], rate["as_of_ms"]
                 )
@@ -110,6 +131,8 @@ def run_demo(settings: Settings, requests: int, accounts: int, external: bool = 
             elapsed = time.monotonic() - t0
             progress("deciding", len(decided), len(distinct), t0, final=True)
         _report(load, distinct, decided, latencies_ms, elapsed)
+        if truth:
+            _report_fraud(decided, truth)
         reconciled = True
         if ledger_db is not None:
             reconciled = _report_ledger(settings.replace(database_url=ledger_db[1]))
@@ -126,6 +149,22 @@ def run_demo(settings: Settings, requests: int, accounts: int, external: bool = 
             _drop_database(settings, ledger_db[0])
         for server in reversed(started):
             server.stop()
+
+
+def _report_fraud(decided: dict[str, dict[str, Any]], truth: dict[str, bool]) -> None:
+    """How the serving model did against the simulator's ground truth."""
+    fraud = [d for rid, d in decided.items() if truth.get(rid)]
+    legit = [d for rid, d in decided.items() if rid in truth and not truth[rid]]
+
+    def flagged(d: dict[str, Any]) -> bool:
+        return d["status"] == "REVIEW" or d["decline_code"] == "fraudulent"
+
+    versions = Counter(d["model_version"] for d in decided.values() if d["model_version"])
+    caught = sum(map(flagged, fraud))
+    false_flags = sum(map(flagged, legit))
+    print(f"  fraud (simulated)    {caught} of {len(fraud)} fraudulent payments declined or "
+          f"held for review; {false_flags} of {len(legit)} legitimate ones flagged")  # fmt: skip
+    print(f"  scored by            {dict(versions)} (rules-v1: no model promoted yet)")
 
 
 def _ledger_database(settings: Settings) -> tuple[str, str]:
@@ -209,7 +248,9 @@ def _report(
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    return run_demo(settings, args.requests, args.accounts, external=args.external)
+    return run_demo(
+        settings, args.requests, args.accounts, external=args.external, load_kind=args.load
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -218,6 +259,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     demo.add_argument("--requests", type=int, default=5000)
     demo.add_argument("--accounts", type=int, default=500)
+    demo.add_argument(
+        "--load", choices=("simulated", "synthetic"), default="simulated",
+        help="simulated: customers, merchants and fraud (models/simulate.py); synthetic: every "
+        "request kind and decline code, several currencies (streams/loadgen.py)",
+    )  # fmt: skip
     demo.add_argument(
         "--external",
         action="store_true",
