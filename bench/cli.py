@@ -26,6 +26,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="use PAYSTREAM_BROKERS and PAYSTREAM_DATABASE_URL instead of the dev services",
     )  # fmt: skip
     ledger.set_defaults(func=_cmd_ledger)
+    scorer = commands.add_parser(
+        "scorer",
+        help="fraud scoring cost: µs per payment at batch 1/100/1000, p99 single",
+    )
+    scorer.add_argument("--version", help="model version (default: the newest registered)")
+    scorer.add_argument("--rules", action="store_true", help="measure the rules baseline")
+    scorer.add_argument("--registry", help="registry directory (default: <state_dir>/models)")
+    scorer.add_argument("--json", metavar="PATH")
+    scorer.set_defaults(func=_cmd_scorer)
 
 
 def _cmd_ledger(args: argparse.Namespace, settings: Settings) -> int:
@@ -46,3 +55,17 @@ def _cmd_ledger(args: argparse.Namespace, settings: Settings) -> int:
         for server in reversed(started):
             server.stop()
     return 0
+
+
+def _cmd_scorer(args: argparse.Namespace, settings: Settings) -> int:
+    from models.registry import default_registry_dir
+    from models.scorer import main
+
+    options = ["--registry", args.registry or str(default_registry_dir(settings))]
+    if args.rules:
+        options.append("--rules")
+    if args.version:
+        options += ["--version", args.version]
+    if args.json:
+        options += ["--json", args.json]
+    return main(options)
