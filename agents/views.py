@@ -55,3 +55,23 @@ async def get_account(view: web.View, request: web.Request, account_id: str) -> 
     body = account_view(AccountState.from_bytes(raw))
     body["found"] = True
     return view.json(body)
+
+
+@app.page("/fraud/")
+async def get_fraud(view: web.View, request: web.Request) -> web.Response:
+    """This worker's fraud scoring: the champion, the shadow and how often they agree."""
+    from agents.authorize import fraud_stage, model_watcher
+
+    stage = fraud_stage
+    shadow = stage.shadow_stats
+    return view.json(
+        {
+            "champion": stage.champion.describe(),
+            "shadow": stage.shadow.describe() if stage.shadow is not None else None,
+            "shadow_stats": shadow.to_dict() if shadow is not None else None,
+            "scored": stage.scored,
+            "model_calls": stage.model_calls,
+            "loaded": model_watcher.loaded,
+            "refused": model_watcher.refused[-10:],
+        }
+    )

@@ -4,8 +4,10 @@ but a whole model (the old one or the new one)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,8 @@ def test_promote_under_load(kafka_broker: Any, tmp_path: Path) -> None:
     def send_load() -> None:
         for i, chunk in enumerate(chunks):
             send_requests(settings, chunk)
+            if i == len(chunks) // 6:
+                announce(settings, good, "SHADOW")  # scores beside the champion, decides nothing
             if i == len(chunks) // 4:
                 announce(settings, bad, "CHAMPION")  # refused: the old model keeps serving
             if i == len(chunks) // 3:
@@ -77,6 +81,9 @@ def test_promote_under_load(kafka_broker: Any, tmp_path: Path) -> None:
         )  # fmt: skip
         sender.join(60)
         log = worker.log_tail(400)
+        url = f"http://127.0.0.1:{worker.web_port}/fraud/"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            fraud_view = json.load(response)
 
     by_request: dict[str, dict[str, Any]] = {}
     for decision in decisions:
@@ -91,6 +98,9 @@ def test_promote_under_load(kafka_broker: Any, tmp_path: Path) -> None:
     assert bad.version not in versions
     assert good.version in versions, "the promoted model never served"
     assert f"refused champion model {bad.version}" in log
+    assert good.version in fraud_view["champion"]
+    assert fraud_view["shadow_stats"]["scored"] > 0, fraud_view
+    assert fraud_view["refused"] == [bad.version]
     # Per account (one partition, in order): once the new model decided, the old never again.
     switched: set[str] = set()
     for d in decisions:
