@@ -100,26 +100,17 @@ def _produce(settings: Settings, transactions: list[dict]) -> float:
 
 
 def _fresh_database(server_dsn: str, label: str) -> str:
-    import psycopg
-    from psycopg.conninfo import make_conninfo
+    from streams.ledger.db import create_database
 
-    from streams.ledger.db import migrate
-
-    name = f"bench_{label}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    dsn = make_conninfo(server_dsn, dbname=name)
-    migrate(dsn)
-    return dsn
+    return create_database(server_dsn, f"bench_{label}_{uuid.uuid4().hex[:8]}")
 
 
 def _drop_database(server_dsn: str, dsn: str) -> None:
-    import psycopg
     from psycopg.conninfo import conninfo_to_dict
 
-    name = conninfo_to_dict(dsn)["dbname"]
-    with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    from streams.ledger.db import drop_database
+
+    drop_database(server_dsn, str(conninfo_to_dict(dsn)["dbname"]))
 
 
 def run_sink(settings: Settings, dsn: str, entries: int) -> dict[str, Any]:

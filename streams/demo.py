@@ -169,27 +169,16 @@ def _report_fraud(decided: dict[str, dict[str, Any]], truth: dict[str, bool]) ->
 
 def _ledger_database(settings: Settings) -> tuple[str, str]:
     """A fresh, migrated database for this demo run's ledger (dropped at the end)."""
-    import psycopg
-    from psycopg.conninfo import make_conninfo
+    from streams.ledger.db import create_database, database_dsn
 
-    from streams.ledger.db import database_dsn, migrate
-
-    server_dsn = database_dsn(settings)
     name = f"demo_{settings.app_id.rsplit('-', 1)[-1]}"
-    with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    dsn = make_conninfo(server_dsn, dbname=name)
-    migrate(dsn)
-    return name, dsn
+    return name, create_database(database_dsn(settings), name)
 
 
 def _drop_database(settings: Settings, name: str) -> None:
-    import psycopg
+    from streams.ledger.db import database_dsn, drop_database
 
-    from streams.ledger.db import database_dsn
-
-    with psycopg.connect(database_dsn(settings), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    drop_database(database_dsn(settings), name)
 
 
 def _report_ledger(settings: Settings) -> bool:

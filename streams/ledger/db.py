@@ -135,3 +135,30 @@ def connect_reader(dsn: str) -> Any:
     conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
     conn.execute(f"SET ROLE {READER_ROLE}")
     return conn
+
+
+def create_database(server_dsn: str, name: str, *, migrated: bool = True) -> str:
+    """Create database ``name`` on the server of ``server_dsn`` (migrated); its DSN."""
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    with connect(server_dsn, autocommit=True) as conn:
+        try:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        except psycopg.errors.DuplicateDatabase:
+            raise CommandError(f"database {name} already exists; pick another name") from None
+    dsn = make_conninfo(server_dsn, dbname=name)
+    if migrated:
+        migrate(dsn)
+    return dsn
+
+
+def drop_database(server_dsn: str, name: str) -> None:
+    """Drop database ``name`` (closing its connections) if it exists."""
+    from psycopg import sql
+
+    with connect(server_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )

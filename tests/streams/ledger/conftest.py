@@ -6,23 +6,14 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
-from streams.ledger.db import migrate
+from streams.ledger.db import create_database, drop_database, migrate
 
 
 def fresh_database(server_dsn: str) -> tuple[str, str]:
     name = f"ledger_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return name, make_conninfo(server_dsn, dbname=name)
-
-
-def drop_database(server_dsn: str, name: str) -> None:
-    with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    return name, create_database(server_dsn, name, migrated=False)
 
 
 @pytest.fixture

@@ -16,9 +16,10 @@ import pytest
 
 from agents.rules.decide import is_customer_account
 from streams import topics as names
+from streams.ledger.db import drop_database
 from streams.loadgen import LoadSpec, fx_rates, generate
 from streams.settings import Settings
-from tests.streams.ledger.conftest import drop_database, fresh_database
+from tests.streams.ledger.conftest import fresh_database
 from tests.streams.ledger.test_writer import stored_balances
 from tests.support.pipeline import (
     isolated_settings,
