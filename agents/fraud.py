@@ -61,8 +61,12 @@ class FraudStage:
     """Feature extraction and batch scoring between decoding and deciding."""
 
     def __init__(self, champion: RoundScorer, shadow: RoundScorer | None = None) -> None:
+        from models.dataset import feature_balance, is_new_request
         from models.features import decode_state, encode_state, observe
 
+        # The two rules training replays with (models/dataset.py): shared, not re-derived.
+        self._is_new = is_new_request
+        self._balance = feature_balance
         self._observe = observe
         self._encode = encode_state
         self._decode = decode_state
@@ -92,9 +96,7 @@ class FraudStage:
         self, state: AccountState | None, request: Request
     ) -> tuple[Any, tuple[float, ...] | None] | None:
         """(new encoded feature state, vector or None) for a new request; None for a repeat."""
-        from models.dataset import feature_balance, is_new_request
-
-        if not is_new_request(state, request):
+        if not self._is_new(state, request):
             return None
         current = None
         if state is not None and state.features is not None:
@@ -103,7 +105,7 @@ class FraudStage:
             except ValueError as exc:
                 log.warning("fraud: %s: feature state unreadable (%s); starting afresh",
                             request["account_id"], exc)  # fmt: skip
-        fstate, vector = self._observe(current, request, feature_balance(state, request))
+        fstate, vector = self._observe(current, request, self._balance(state, request))
         return self._encode(fstate), vector
 
     def assess(self, rows: list[tuple[float, ...]]) -> list[FraudAssessment]:

@@ -66,6 +66,11 @@ TOPICS: tuple[TopicSpec, ...] = (
 )
 
 
+def accounts_changelog(settings: Settings) -> str:
+    """The accounts table's changelog: what the workers hold, and what they restore from."""
+    return f"{settings.app_id}-accounts-changelog"
+
+
 def changelog_topics(settings: Settings) -> list[tuple[str, int]]:
     """faust's table changelogs, created up front (compacted) rather than by the worker.
 
@@ -73,7 +78,7 @@ def changelog_topics(settings: Settings) -> list[tuple[str, int]]:
     new topics show up in metadata; faust's assignor then hangs (seen with Kafka 4.1).
     """
     return [
-        (f"{settings.app_id}-accounts-changelog", settings.partitions),
+        (accounts_changelog(settings), settings.partitions),
         (f"{settings.app_id}-fx-rates-changelog", 1),
     ]
 

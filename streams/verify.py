@@ -796,14 +796,16 @@ class TopicTail:
 
 
 def state_version(partition: int, offset: int, raw: bytes) -> StateVersion:
-    """The money part of one accounts-changelog value (the JSON account state)."""
-    data = json.loads(raw)
+    """The money part of one accounts-changelog value, decoded as the workers decode it."""
+    from agents.rules.state import AccountState
+
+    state = AccountState.from_bytes(raw)
     return StateVersion(
-        account_id=data["account_id"],
+        account_id=state.account_id,
         partition=partition,
         offset=offset,
-        balances={c: (pair[0], pair[1]) for c, pair in data["balances"].items()},
-        overdraft=dict(data.get("overdraft_minor") or {}),
+        balances={c: (b.available_minor, b.held_minor) for c, b in state.balances.items()},
+        overdraft=dict(state.overdraft_minor),
     )
 
 
@@ -906,7 +908,7 @@ class LiveVerifier:
         try:
             for logical in (names.REQUESTS, names.DECISIONS, names.LEDGER, names.DLQ):
                 self._tails[logical] = TopicTail(brokers, settings.topic(logical))
-            changelog = f"{settings.app_id}-accounts-changelog"
+            changelog = names.accounts_changelog(settings)
             self._tails["changelog"] = TopicTail(brokers, changelog)
         except BaseException:
             self.close()

@@ -160,7 +160,7 @@ def worker_balances(settings: Settings) -> dict[tuple[str, str], int]:
     from agents.rules import AccountState
     from streams.errors import InfraError
 
-    changelog = f"{settings.app_id}-accounts-changelog"
+    changelog = names.accounts_changelog(settings)
     consumer = Consumer(
         {
             "bootstrap.servers": settings.brokers,
