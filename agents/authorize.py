@@ -10,13 +10,14 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import TP
 
 from agents.fraud import FraudStage
 from agents.model_watch import ModelWatcher
+from agents.offsets import OffsetGuard, Verdict
 from agents.pipeline import (
     AccountStates,
     FxRatesView,
@@ -103,9 +104,14 @@ async def _watch_models() -> None:
     model_watcher.start()
 
 
+# The next offset to process per partition (agents/offsets.py); both agents share it.
+offset_guard = OffsetGuard()
+
+
 @app.on_partitions_revoked.connect
 def _on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
     account_states.invalidate()
+    offset_guard.reset()
     for queue in _queues:  # unprocessed, unacked: redelivered to the partitions' new owner
         while not queue.empty():
             queue.get_nowait()
@@ -114,6 +120,55 @@ def _on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
 @app.on_partitions_assigned.connect
 def _on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
     account_states.invalidate()
+    offset_guard.reset()
+
+
+async def _start_offset(tp: TP) -> int:
+    """Where this assignment of ``tp`` starts: the committed offset, else the earliest."""
+    # faust sets it when it seeks the partition on assignment; not in ConsumerT's interface.
+    committed = cast(Any, app.consumer)._committed_offset.get(tp)
+    if committed is not None and committed > 0:
+        return int(committed)
+    earliest = await app.consumer.earliest_offsets(tp)
+    return int(earliest.get(tp) or 0)
+
+
+async def _admit(event: faust.EventT) -> bool:
+    """Whether to process ``event`` now: only the next offset of a partition we own."""
+    message = event.message
+    tp = message.tp
+    consumer = app.consumer
+    if message.generation_id != app.consumer_generation_id or tp not in consumer.assignment():
+        log.info("%s@%d: dropped, read before the partitions moved", tp, message.offset)
+        return False
+    if offset_guard.expecting(tp) is None:
+        offset_guard.begin(tp, await _start_offset(tp))
+    verdict = offset_guard.admit(tp, message.offset)
+    if verdict is Verdict.AHEAD:
+        await _fill_gap(tp, message.offset)
+        verdict = offset_guard.admit(tp, message.offset)  # the log may start past the gap
+    if verdict is Verdict.BEHIND:
+        log.info("%s@%d: dropped, already processed", tp, message.offset)
+    return verdict is Verdict.PROCESS
+
+
+async def _fill_gap(tp: TP, offset: int) -> None:
+    """An event arrived past the expected offset: seek back to it (or accept a trimmed log)."""
+    expected = offset_guard.expecting(tp)
+    assert expected is not None
+    if not offset_guard.should_seek(tp, asyncio.get_running_loop().time()):
+        return
+    earliest = int((await app.consumer.earliest_offsets(tp)).get(tp) or 0)
+    if earliest > expected:
+        log.error(
+            "%s: offsets %d..%d were deleted by retention before this worker processed them",
+            tp, expected, earliest - 1,
+        )  # fmt: skip
+        offset_guard.skip_to(tp, earliest)
+        return
+    log.warning("%s: got offset %d while %d is next: seeking back to %d", tp, offset,
+                expected, expected)  # fmt: skip
+    await app.consumer.seek(tp, expected)
 
 
 def _messages(events: list[faust.EventT]) -> list[Message]:
@@ -189,6 +244,9 @@ async def _batches(stream: Any, handle: Callable[[list[Message]], list[HeldOutpu
                     batch.append(await asyncio.wait_for(queue.get(), left))
                 except TimeoutError:
                     break
+            batch = [event for event in batch if await _admit(event)]
+            if not batch:
+                continue
             await _run_batch(handle, batch)
             for event in batch:
                 event.ack()

@@ -57,6 +57,9 @@ def create_app(settings: Settings) -> faust.App:
         # Each request's effects are flushed before its offset is acked (agents/pipeline.py),
         # so committing often costs little and shortens redelivery after a crash.
         broker_commit_interval=1.0,
+        # faust's 60 s default means a kill -9'd worker's partitions stall for a minute;
+        # heartbeats go every 3 s, so 10 s still tolerates two lost heartbeats.
+        broker_session_timeout=float(settings.group_session_timeout_s),
     )
 
 

@@ -106,6 +106,12 @@ class Settings:
     standby_replicas: int = field(
         default=0, metadata={"doc": "faust table standby replicas (shorter failover)."}
     )
+    group_session_timeout_s: int = field(
+        default=10,
+        metadata={
+            "doc": "Workers: how long a silent worker keeps its partitions (kill -9 failover)."
+        },
+    )
     ledger_batch_entries_max: int = field(
         default=20_000,
         metadata={"doc": "Ledger sink: most entries written per database transaction."},
@@ -251,6 +257,11 @@ def _validate(settings: Settings) -> None:
         )
     if settings.batch_size_max < 1:
         raise SettingsError("PAYSTREAM_BATCH_SIZE_MAX must be at least 1")
+    if settings.group_session_timeout_s < 6:
+        raise SettingsError(
+            f"PAYSTREAM_GROUP_SESSION_TIMEOUT_S={settings.group_session_timeout_s}: Kafka "
+            "brokers refuse sessions under 6 s (group.min.session.timeout.ms)"
+        )
     for code in settings.currencies:
         if not re.fullmatch(r"[A-Z]{3}", code):
             raise SettingsError(f"PAYSTREAM_CURRENCIES: {code!r} is not a 3-letter ISO 4217 code")

@@ -1,0 +1,90 @@
+"""Which consumed events a worker may process: exactly the next offset of each partition.
+
+faust-streaming 0.15.3 can hand an agent an event out of sequence around a
+rebalance: an event fetched in the previous generation after the partition was
+re-sought, or a partition's events with one missing. Its commit logic then makes
+the loss permanent: it commits past a single unacked offset at the head of a
+partition (``Consumer._new_offset`` compares the first acked offset with the
+committed one as if the committed offset were the last processed, not the next to
+read). RELIABILITY.md records the requests and refunds lost that way.
+
+So the agents do not trust the order they are given. Per partition of the current
+assignment this guard knows the offset that must be processed next -- at first the
+committed offset (or the partition's earliest, if nothing was committed) -- and
+admits only that one:
+
+- ``PROCESS``: the expected offset; the guard moves on to the next.
+- ``BEHIND``: already processed here or by the previous owner: dropped, not acked
+  (acking a redelivered copy could commit an offset whose first copy is still in
+  flight).
+- ``AHEAD``: something before it was skipped: dropped, not acked, and the caller
+  seeks the partition back to the expected offset.
+
+With every processed offset contiguous from the committed one, acks are too, and
+faust has nothing to commit past.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+# Seeking back again for the same missing offset waits this long: events already
+# buffered past the gap keep arriving after the first seek and must not each cause one.
+RESEEK_AFTER_S = 5.0
+
+
+class Verdict(enum.Enum):
+    PROCESS = "process"
+    BEHIND = "behind"
+    AHEAD = "ahead"
+
+
+@dataclass
+class OffsetGuard:
+    """The next offset to process, per partition of the current assignment."""
+
+    _next: dict[Hashable, int] = field(default_factory=dict)
+    # partition -> (offset sought back to, when), to rate-limit seeks.
+    _sought: dict[Hashable, tuple[int, float]] = field(default_factory=dict)
+
+    def reset(self) -> None:
+        """Partitions moved: every partition starts again from its committed offset."""
+        self._next.clear()
+        self._sought.clear()
+
+    def expecting(self, partition: Hashable) -> int | None:
+        """The offset to process next, or None before the partition's first event."""
+        return self._next.get(partition)
+
+    def begin(self, partition: Hashable, offset: int) -> None:
+        """Start a partition at ``offset`` (its committed offset, or its earliest)."""
+        if offset < 0:
+            raise ValueError(f"a start offset cannot be negative, got {offset}")
+        self._next[partition] = offset
+
+    def admit(self, partition: Hashable, offset: int) -> Verdict:
+        """Whether the event at ``offset`` is the one to process now (and if so, move on)."""
+        expected = self._next.get(partition)
+        if expected is None:
+            raise KeyError(f"partition {partition!r} has not begun: call begin() first")
+        if offset == expected:
+            self._next[partition] = offset + 1
+            self._sought.pop(partition, None)
+            return Verdict.PROCESS
+        return Verdict.BEHIND if offset < expected else Verdict.AHEAD
+
+    def should_seek(self, partition: Hashable, now_s: float) -> bool:
+        """After an AHEAD verdict: whether to seek back now (once per gap and interval)."""
+        expected = self._next[partition]
+        last = self._sought.get(partition)
+        if last is not None and last[0] == expected and now_s - last[1] < RESEEK_AFTER_S:
+            return False
+        self._sought[partition] = (expected, now_s)
+        return True
+
+    def skip_to(self, partition: Hashable, offset: int) -> None:
+        """Accept a gap that cannot be filled (the log no longer starts before ``offset``)."""
+        self._next[partition] = offset
+        self._sought.pop(partition, None)
