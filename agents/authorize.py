@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import faust
 from faust.types import TP
@@ -123,14 +123,48 @@ def _on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None
     offset_guard.reset()
 
 
-async def _start_offset(tp: TP) -> int:
-    """Where this assignment of ``tp`` starts: the committed offset, else the earliest."""
-    # faust sets it when it seeks the partition on assignment; not in ConsumerT's interface.
-    committed = cast(Any, app.consumer)._committed_offset.get(tp)
-    if committed is not None and committed > 0:
-        return int(committed)
-    earliest = await app.consumer.earliest_offsets(tp)
-    return int(earliest.get(tp) or 0)
+def _committed_offsets(tps: list[TP]) -> dict[TP, int | None]:
+    """The group's committed offsets, asked of the broker (blocking: run in a thread).
+
+    Not faust's own record of them: it is filled by a seek that can finish after the
+    first events of an assignment are already flowing (seen in the kill -9 runs).
+    """
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+    request = ConsumerGroupTopicPartitions(
+        settings.app_id, [TopicPartition(tp.topic, tp.partition) for tp in tps]
+    )
+    future = _admin().list_consumer_group_offsets([request])[settings.app_id]
+    found = {(part.topic, part.partition): part.offset for part in future.result().topic_partitions}
+    return {
+        tp: offset if (offset := found.get((tp.topic, tp.partition), -1)) >= 0 else None
+        for tp in tps
+    }
+
+
+_admin_client: Any = None
+
+
+def _admin() -> Any:
+    global _admin_client
+    if _admin_client is None:
+        from confluent_kafka.admin import AdminClient
+
+        _admin_client = AdminClient({"bootstrap.servers": settings.brokers})
+    return _admin_client
+
+
+async def _begin(tp: TP) -> None:
+    """Start ``tp`` in the guard at the group's committed offset, else the earliest."""
+    generation = app.consumer_generation_id
+    loop = asyncio.get_running_loop()
+    committed = (await loop.run_in_executor(None, _committed_offsets, [tp]))[tp]
+    if committed is None:
+        committed = int((await app.consumer.earliest_offsets(tp)).get(tp) or 0)
+    if app.consumer_generation_id != generation:  # partitions moved while we asked
+        return
+    offset_guard.begin(tp, committed)
+    log.info("%s: processing from offset %d", tp, committed)
 
 
 async def _admit(event: faust.EventT) -> bool:
@@ -142,7 +176,9 @@ async def _admit(event: faust.EventT) -> bool:
         log.info("%s@%d: dropped, read before the partitions moved", tp, message.offset)
         return False
     if offset_guard.expecting(tp) is None:
-        offset_guard.begin(tp, await _start_offset(tp))
+        await _begin(tp)
+    if offset_guard.expecting(tp) is None:  # partitions moved while we asked
+        return False
     verdict = offset_guard.admit(tp, message.offset)
     if verdict is Verdict.AHEAD:
         await _fill_gap(tp, message.offset)
