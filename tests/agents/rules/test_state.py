@@ -71,6 +71,16 @@ def test_state_is_plain_json_with_integer_money() -> None:
         assert type(available) is int and type(held) is int
 
 
+@pytest.mark.parametrize("amount_minor", [2**63 - 1, 2**63, 2**70, -(2**64)])
+def test_integers_beyond_64_bits_survive_exactly(amount_minor: int) -> None:
+    # The fast encoder refuses them and its parser would return floats: never money as float.
+    state = AccountState("A")
+    state.balance("EUR").available_minor = amount_minor
+    restored = AccountState.from_bytes(state.to_bytes())
+    assert restored.balances["EUR"].available_minor == amount_minor
+    assert type(restored.balances["EUR"].available_minor) is int
+
+
 def test_a_restored_state_decides_like_the_original() -> None:
     """Nothing lives outside the serialized value: a restored copy gives the same answers."""
     w = busy_world()
