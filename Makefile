@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint install clean dev-up dev-down bench
+.PHONY: demo test lint install clean dev-up dev-down bench bench-quix
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "paystream needs Python >= 3.11, found " + sys.version.split()[0])'
@@ -29,6 +29,17 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/pytest
 
+# The Quix Streams peer of `paystream bench pipeline`, in a virtualenv of its own
+# (see pyproject.toml, optional dependency "quix").
+QUIX_VENV := .venv-quix
+$(QUIX_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(QUIX_VENV)
+	$(QUIX_VENV)/bin/pip install --quiet --upgrade pip
+	$(QUIX_VENV)/bin/pip install --quiet -e '.[quix]'
+	@touch $@
+
+bench-quix: $(QUIX_VENV)/.installed
+
 dev-up: $(STAMP)
 	$(BIN)/paystream dev up
 
@@ -37,4 +48,4 @@ dev-down: $(STAMP)
 
 clean:
 	-$(BIN)/paystream dev down
-	rm -rf $(VENV) .paystream .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(QUIX_VENV) .paystream .pytest_cache .mypy_cache .ruff_cache

@@ -167,25 +167,30 @@ async def _begin(tp: TP) -> None:
     log.info("%s: processing from offset %d", tp, committed)
 
 
-async def _admit(event: faust.EventT) -> bool:
-    """Whether to process ``event`` now: only the next offset of a partition we own."""
-    message = event.message
-    tp = message.tp
+async def _admitted(events: list[faust.EventT]) -> list[faust.EventT]:
+    """The events to process now: for each partition we own, only its next offset."""
     consumer = app.consumer
-    if message.generation_id != app.consumer_generation_id or tp not in consumer.assignment():
-        log.info("%s@%d: dropped, read before the partitions moved", tp, message.offset)
-        return False
-    if offset_guard.expecting(tp) is None:
-        await _begin(tp)
-    if offset_guard.expecting(tp) is None:  # partitions moved while we asked
-        return False
-    verdict = offset_guard.admit(tp, message.offset)
-    if verdict is Verdict.AHEAD:
-        await _fill_gap(tp, message.offset)
-        verdict = offset_guard.admit(tp, message.offset)  # the log may start past the gap
-    if verdict is Verdict.BEHIND:
-        log.info("%s@%d: dropped, already processed", tp, message.offset)
-    return verdict is Verdict.PROCESS
+    assignment = consumer.assignment()
+    admitted = []
+    for event in events:
+        message = event.message
+        tp = message.tp
+        if message.generation_id != app.consumer_generation_id or tp not in assignment:
+            log.info("%s@%d: dropped, read before the partitions moved", tp, message.offset)
+            continue
+        if offset_guard.expecting(tp) is None:
+            await _begin(tp)
+            if offset_guard.expecting(tp) is None:  # partitions moved while we asked
+                continue
+        verdict = offset_guard.admit(tp, message.offset)
+        if verdict is Verdict.AHEAD:
+            await _fill_gap(tp, message.offset)
+            verdict = offset_guard.admit(tp, message.offset)  # the log may start past the gap
+        if verdict is Verdict.PROCESS:
+            admitted.append(event)
+        elif verdict is Verdict.BEHIND:
+            log.info("%s@%d: dropped, already processed", tp, message.offset)
+    return admitted
 
 
 async def _fill_gap(tp: TP, offset: int) -> None:
@@ -280,7 +285,7 @@ async def _batches(stream: Any, handle: Callable[[list[Message]], list[HeldOutpu
                     batch.append(await asyncio.wait_for(queue.get(), left))
                 except TimeoutError:
                     break
-            batch = [event for event in batch if await _admit(event)]
+            batch = await _admitted(batch)
             if not batch:
                 continue
             await _run_batch(handle, batch)

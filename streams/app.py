@@ -9,8 +9,10 @@ of an exception inside faust's deserializer.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import faust
+from faust.sensors import Monitor
 
 from streams import topics as names
 from streams.settings import Settings, load_settings
@@ -25,6 +27,30 @@ ROCKSDB_OPTIONS = {
     "max_write_buffer_number": 2,
     "target_file_size_base": 16 * 1024**2,
 }
+
+
+class LeanMonitor(Monitor):
+    """faust's Monitor without its per-event bookkeeping.
+
+    The default Monitor updates counters, timestamps and per-stream lookups for every
+    message and event, twice each; our agents batch, and keep their own counts
+    (agents/pipeline.py BatchStats, shown by the worker's views). Commits, sends,
+    rebalances and lag tracking still go through the Monitor unchanged.
+    """
+
+    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
+        return None
+
+    def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> None:
+        return None
+
+    def on_stream_event_out(
+        self, tp: Any, offset: int, stream: Any, event: Any, state: Any = None
+    ) -> None:
+        return None
+
+    def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
+        return None
 
 
 def worker_dir(settings: Settings) -> Path:
@@ -57,6 +83,7 @@ def create_app(settings: Settings) -> faust.App:
         # Each request's effects are flushed before its offset is acked (agents/pipeline.py),
         # so committing often costs little and shortens redelivery after a crash.
         broker_commit_interval=1.0,
+        Monitor=LeanMonitor,
         # faust's 60 s default means a kill -9'd worker's partitions stall for a minute;
         # heartbeats go every 3 s, so 10 s still tolerates two lost heartbeats.
         broker_session_timeout=float(settings.group_session_timeout_s),

@@ -36,6 +36,7 @@ some checks fail transiently, a real violation stays.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import time
@@ -760,15 +761,13 @@ class TopicTail:
         """The messages added since the last call, up to the end offsets of now."""
         from confluent_kafka import TopicPartition
 
+        deadline = time.monotonic() + timeout_s
         ends = {}
         for p in self.partitions:
-            low, high = self._consumer.get_watermark_offsets(
-                TopicPartition(self.topic, p), timeout=30
-            )
+            low, high = self._watermarks(p, deadline)
             if high > max(low, self._next.get(p, low)):
                 ends[p] = high
         out: list[Any] = []
-        deadline = time.monotonic() + timeout_s
         while ends:
             if time.monotonic() > deadline:
                 raise CommandError(
@@ -790,6 +789,30 @@ class TopicTail:
                     if tp.offset >= ends[tp.partition]:
                         del ends[tp.partition]
         return out
+
+    def _watermarks(self, partition: int, deadline: float) -> tuple[int, int]:
+        """A partition's low and high offsets, asked again while the broker comes back.
+
+        Right after a broker restart the client may not know the partition yet
+        ("Unknown partition") or time out: both pass once its metadata is refreshed.
+        """
+        from confluent_kafka import KafkaException, TopicPartition
+
+        while True:
+            try:
+                low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, partition), timeout=10
+                )
+                return int(low), int(high)
+            except KafkaException as exc:
+                if time.monotonic() > deadline:
+                    raise CommandError(
+                        f"could not read the offsets of {self.topic}[{partition}]: {exc}; is "
+                        "the broker up? retry, or raise --wait-s"
+                    ) from exc
+                with contextlib.suppress(KafkaException):  # refresh the metadata
+                    self._consumer.list_topics(self.topic, timeout=10)
+                time.sleep(0.5)
 
     def close(self) -> None:
         self._consumer.close()
