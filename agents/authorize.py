@@ -17,7 +17,7 @@ from faust.types import TP
 
 from agents.fraud import FraudStage
 from agents.model_watch import ModelWatcher
-from agents.offsets import OffsetGuard, Verdict
+from agents.offsets import RESEEK_AFTER_S, OffsetGuard, Verdict
 from agents.pipeline import (
     AccountStates,
     FxRatesView,
@@ -250,6 +250,16 @@ async def _flush_state_then_outputs(held: list[HeldOutput]) -> None:
 # Queues of events read but not yet processed, one per batching agent; cleared when
 # partitions move so a revoked partition's events are never applied here.
 _queues: list[asyncio.Queue[faust.EventT]] = []
+
+
+@app.timer(interval=RESEEK_AFTER_S)
+async def _reseek_unfilled_gaps() -> None:
+    """Seek again over gaps a first seek did not fill (see OffsetGuard.overdue)."""
+    assignment = app.consumer.assignment()
+    for tp, offset in offset_guard.overdue(asyncio.get_running_loop().time()):
+        if tp in assignment:
+            log.warning("%s: offset %d still missing: seeking back to it again", tp, offset)
+            await app.consumer.seek(tp, offset)
 
 
 async def _batches(stream: Any, handle: Callable[[list[Message]], list[HeldOutput]]) -> None:

@@ -84,6 +84,22 @@ class OffsetGuard:
         self._sought[partition] = (expected, now_s)
         return True
 
+    def overdue(self, now_s: float) -> list[tuple[Hashable, int]]:
+        """Gaps sought back over at least ``RESEEK_AFTER_S`` ago and still not filled.
+
+        A seek can be undone: faust's fetch loop may record a later offset as read
+        just after the seek (it was delivering it), and then drops the re-fetched
+        events as already read. When the partition gets no newer events, nothing else
+        would ever notice, so a timer seeks these again (and marks them sought now).
+        """
+        due = []
+        for partition, (offset, at_s) in self._sought.items():
+            if self._next.get(partition) == offset and now_s - at_s >= RESEEK_AFTER_S:
+                due.append((partition, offset))
+        for partition, offset in due:
+            self._sought[partition] = (offset, now_s)
+        return due
+
     def skip_to(self, partition: Hashable, offset: int) -> None:
         """Accept a gap that cannot be filled (the log no longer starts before ``offset``)."""
         self._next[partition] = offset

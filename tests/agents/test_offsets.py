@@ -78,3 +78,24 @@ def test_skip_to_accepts_a_trimmed_log() -> None:
 def test_negative_start_is_refused() -> None:
     with pytest.raises(ValueError, match="negative"):
         OffsetGuard().begin("p", -1)
+
+
+def test_an_unfilled_gap_is_due_for_another_seek() -> None:
+    guard = OffsetGuard()
+    guard.begin("p", 708)
+    assert guard.admit("p", 709) is Verdict.AHEAD
+    assert guard.should_seek("p", 10.0)
+    assert guard.overdue(10.0 + RESEEK_AFTER_S / 2) == []
+    assert guard.overdue(10.0 + RESEEK_AFTER_S) == [("p", 708)]
+    assert guard.overdue(10.0 + RESEEK_AFTER_S + 1) == []  # just sought again
+    assert guard.admit("p", 708) is Verdict.PROCESS
+    assert guard.overdue(100.0) == []  # filled
+
+
+def test_no_gap_is_overdue_after_a_reset() -> None:
+    guard = OffsetGuard()
+    guard.begin("p", 1)
+    guard.admit("p", 3)
+    guard.should_seek("p", 0.0)
+    guard.reset()
+    assert guard.overdue(100.0) == []
