@@ -1,0 +1,28 @@
+"""The Quix Streams peer, against the session's broker: the same outputs as paystream."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.bench.peers.scenario import check_peer
+from tests.support.pipeline import isolated_settings
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("quixstreams") is None,
+        reason="the Quix peer needs quixstreams (a dev dependency)",
+    ),
+]
+
+OUTPUTS_TIMEOUT_S = 30.0
+
+
+def test_quix_peer_gives_paystreams_outputs(kafka_broker: Any, tmp_path: Path) -> None:
+    settings = isolated_settings(kafka_broker.bootstrap, tmp_path)
+    check_peer("bench.peers.quix", f"{settings.app_id}-quix", settings, OUTPUTS_TIMEOUT_S)
