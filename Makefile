@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+QUIX_VENV := .venv-quix
 
 .PHONY: demo test lint install clean dev-up dev-down bench bench-quix
 
@@ -26,12 +27,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(STAMP) lint
+test: $(STAMP) $(QUIX_VENV)/.installed lint
 	$(BIN)/pytest
 
 # The Quix Streams peer of `paystream bench pipeline`, in a virtualenv of its own
 # (see pyproject.toml, optional dependency "quix").
-QUIX_VENV := .venv-quix
 $(QUIX_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(QUIX_VENV)
 	$(QUIX_VENV)/bin/pip install --quiet --upgrade pip

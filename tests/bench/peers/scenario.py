@@ -264,13 +264,23 @@ class PeerRun:
             raise AssertionError(f"the peer ignored SIGTERM:\n{self.log_tail()}") from None
 
 
+def _interpreter(module: str) -> Path:
+    """The Python the harness runs ``module`` with (the Quix peer has a virtualenv of its own)."""
+    from bench.peers import PEERS
+
+    for peer in PEERS:
+        if peer.module == module:
+            return peer.python()
+    return Path(sys.executable)
+
+
 @contextmanager
 def running_peer(module: str, settings: Settings) -> Iterator[PeerRun]:
     log_path = settings.state_dir / f"{module.rsplit('.', 1)[-1]}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", module], env=settings_env(settings),
+            [str(_interpreter(module)), "-m", module], env=settings_env(settings),
             stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     run = PeerRun(process, log_path)
