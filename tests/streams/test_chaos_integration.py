@@ -53,7 +53,7 @@ WORKERS = 2
 SIZE = Size(
     payments=300,
     accounts=40,
-    rate_per_s=100.0,
+    rate_per_s=60.0,  # 5 s of load: worker-kill's kill (at 4 s) lands under load
     partitions=4,
     fault_every_s=4.0,
     outage_s=4.0,
@@ -146,6 +146,16 @@ def test_faults_were_injected(results: dict[str, ScenarioResult], scenario: str)
             "replay of a time range",
             "replay of the ledger into PostgreSQL",
         ]
+    elif scenario == "worker-kill":
+        kinds = [f.kind for f in result.faults]
+        assert kinds and set(kinds) == {"kill -9"}, _describe(result)
+        # Killed under load, and the survivor and the restarted worker decided again.
+        assert result.faults[0].at_s < SIZE.payments / SIZE.rate_per_s
+        assert result.faults[0].recovery_s is not None, result.faults[0]
+    elif scenario == "worker-restart":
+        kinds = [f.kind for f in result.faults]
+        assert kinds == ["graceful restart", "worker added", "worker removed"], kinds
+        assert result.faults[0].recovery_s is not None, result.faults[0]
     else:
         assert len(result.faults) == 1, _describe(result)
         fault = result.faults[0]
