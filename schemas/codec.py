@@ -58,6 +58,7 @@ from schemas.catalog import (
     wire_schema,
 )
 from schemas.errors import CatalogError, DecodeError, EncodeError, RegistryError, SchemaError
+from schemas.fastencode import Unsupported, compile_encoder
 
 __all__ = [
     "HEADER_SIZE",
@@ -126,6 +127,7 @@ class TopicCodec:
     """
 
     __slots__ = (
+        "_fast_encode",
         "_guard",
         "_header",
         "_readers",
@@ -152,6 +154,7 @@ class TopicCodec:
         self._schema = readers[schema_id][0]
         self._header = _HEADER.pack(MAGIC_BYTE, schema_id)
         self._guard = _compile_integer_guard(self._schema, _named(self._schema), set())
+        self._fast_encode = compile_encoder(self._schema)
         self._resolve_unknown = resolve_unknown
 
     def __repr__(self) -> str:
@@ -170,6 +173,12 @@ class TopicCodec:
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
         """Header plus schemaless Avro body; :class:`EncodeError` if ``record`` does not fit."""
+        fast = self._fast_encode
+        if fast is not None:
+            try:
+                return self._header + fast(record)
+            except Unsupported:
+                pass  # fastavro writes it, or says why it cannot
         guard = self._guard
         if guard is not None and not _passes(guard, record):
             self._raise_if_invalid(record, None)
