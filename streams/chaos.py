@@ -25,13 +25,20 @@ The ledger's recovery after a database outage is measured on the sink instead:
 everything that was on ledger.entries at that moment.
 
 Scenarios (``SCENARIOS``): worker-kill, worker-restart, broker-restart,
-postgres-outage, poison, duplicates. Each can also run as a *phase* of a shared
+postgres-outage, poison, duplicates on a single broker, and cluster on a private
+three-node KRaft cluster (replication factor 3, min.insync.replicas 2) whose
+broker is killed and revived. Each can also run as a *phase* of a shared
 pipeline (``run_phases``), which is what the short form in the test suite does.
+
+Measurements (``MEASUREMENTS``, :mod:`streams.restore`; not part of ``all``):
+restore (a fresh worker restoring a large accounts table) and failover (kill -9 of
+an active worker, with and without a standby replica).
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -49,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from streams import topics as names
+from streams.dev import pid_alive
 from streams.errors import CommandError
 from streams.settings import Settings, load_settings
 from streams.verify import LiveVerifier, Violation, sink_lag
@@ -62,7 +70,10 @@ SCENARIOS = (
     "postgres-outage",
     "poison",
     "duplicates",
+    "cluster",
 )
+CLUSTER_SCENARIOS = ("cluster",)  # run on a private multi-node cluster, not the single broker
+MEASUREMENTS = ("restore", "failover")  # streams/restore.py; named explicitly, not in "all"
 PROBE_EVERY_S = 0.5
 PROBE_ACCOUNT = "chaos-probe"
 READY_TIMEOUT_S = 180.0
@@ -72,11 +83,14 @@ SUPERVISOR_POLL_S = 0.5
 RESTART_DELAY_S = 1.0
 DELIVERY_FLUSH_S = 330.0
 CHAOS_BROKER_HEAP_MB = 768
+CHAOS_CLUSTER_HEAP_MB = 512  # per node: three JVMs share the machine with the pipeline
 OVERSIZED_BYTES = 3 * names.MESSAGE_BYTES_MAX // 2
 LARGE_METADATA_BYTES = 600 * 1024
 FX_CURRENCIES = ("EUR", "USD", "JPY", "KWD")
 CLIENT_LOG_LEVEL = 2  # librdkafka (syslog levels): critical only, not every refused connect
 BROKER_BACK_TIMEOUT_S = 120.0  # a restarted broker serves its partitions again within this
+CLUSTER_IN_SYNC_TIMEOUT_S = 120.0  # a restarted node catches up with the others within this
+CLUSTER_MIN_ISR = 2  # what the cluster scenario expects of every topic
 
 
 # --------------------------------------------------------------------------------------
@@ -148,12 +162,14 @@ class ScenarioResult:
 
 @dataclass
 class Infra:
-    """Where a scenario runs. ``broker``/``postgres`` are set when it may stop them."""
+    """Where a scenario runs. ``broker``/``cluster``/``postgres`` are set when it may stop them."""
 
     bootstrap: str
     server_dsn: str  # a database on the server that may CREATE DATABASE
     broker: Any = None  # streams.dev.kafka.KafkaBroker
     postgres: Any = None  # streams.dev.postgres.PostgresServer
+    cluster: Any = None  # streams.dev.kafka.KafkaCluster
+    replication_factor: int = 1  # of the topics the pipeline creates
 
 
 @contextlib.contextmanager
@@ -178,6 +194,39 @@ def private_infra(directory: Path, base: Settings) -> Iterator[Infra]:
         yield Infra(broker.bootstrap, server.dsn, broker, server)
     finally:
         for stop in (broker.stop, server.stop):
+            try:
+                stop()
+            except Exception:  # the other one must still be stopped
+                log.exception("chaos: stopping private infrastructure failed")
+
+
+@contextlib.contextmanager
+def private_cluster_infra(directory: Path, base: Settings) -> Iterator[Infra]:
+    """A three-node Kafka cluster and a PostgreSQL of our own; stopped on exit.
+
+    Topics are created with replication factor 3; the nodes set min.insync.replicas 2.
+    """
+    from streams.dev import free_loopback_ports
+    from streams.dev.kafka import KafkaCluster
+    from streams.dev.postgres import PostgresServer
+
+    (pg_port,) = free_loopback_ports(1)
+    cluster = KafkaCluster(directory, version=base.kafka_version, heap_mb=CHAOS_CLUSTER_HEAP_MB)
+    server = PostgresServer(directory, port=pg_port)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # both take seconds: overlap
+            postgres_started = pool.submit(server.start)
+            cluster.start()
+            postgres_started.result()
+        yield Infra(
+            cluster.bootstrap,
+            server.dsn,
+            postgres=server,
+            cluster=cluster,
+            replication_factor=cluster.replication_factor,
+        )
+    finally:
+        for stop in (cluster.stop, server.stop):
             try:
                 stop()
             except Exception:  # the other one must still be stopped
@@ -250,7 +299,14 @@ def _child_env(settings: Settings, **extra: str) -> dict[str, str]:
 class Pipeline:
     """Fresh topics, a fresh database, workers and the sink of one scenario (or phases)."""
 
-    def __init__(self, infra: Infra, directory: Path, size: Size, label: str) -> None:
+    def __init__(
+        self,
+        infra: Infra,
+        directory: Path,
+        size: Size,
+        label: str,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         from streams.topics import create_topics
 
         run = uuid.uuid4().hex[:8]
@@ -265,11 +321,13 @@ class Pipeline:
             "PAYSTREAM_TOPIC_PREFIX": f"chaos-{run}.",
             "PAYSTREAM_APP_ID": f"paystream-chaos-{run}",
             "PAYSTREAM_PARTITIONS": str(size.partitions),
+            "PAYSTREAM_REPLICATION_FACTOR": str(infra.replication_factor),
             "PAYSTREAM_STATE_DIR": str(directory),
             "PAYSTREAM_DATABASE_URL": self.dsn,
             "PAYSTREAM_LOG_LEVEL": "INFO",
             # The sink retries a lost database every <= 5 s instead of 30 s (documented).
             "PAYSTREAM_LEDGER_BACKOFF_MAX_S": "5",
+            **(extra_env or {}),
         }
         self.settings = load_settings(env)
         self.label = label
@@ -643,10 +701,13 @@ class Prober(threading.Thread):
         self._halt.set()
         self.join(10)
 
-    def recovery(self, since: float, decided: dict[str, float]) -> float | None:
-        """Seconds from ``since`` until every partition decided a probe sent after it."""
+    def recovery(
+        self, since: float, decided: dict[str, float], partitions: Sequence[int] | None = None
+    ) -> float | None:
+        """Seconds from ``since`` until every partition (or each of ``partitions``) decided
+        a probe sent after it."""
         worst = 0.0
-        for partition in range(len(self.accounts)):
+        for partition in range(len(self.accounts)) if partitions is None else partitions:
             times = [
                 decided[rid]
                 for rid, p, at in self.sent
@@ -697,6 +758,8 @@ class Phase:
         self.pending_checks: list[Callable[[], None]] = []
         # Delivery failures the scenario provoked on purpose (poison: oversized messages).
         self.expected_failures = 0
+        # The runner's availability probes (set by Runner.run_phase).
+        self.prober: Prober | None = None
 
     # -- helpers for scenarios ------------------------------------------------------------
     def requests(self, seed_offset: int = 0) -> list[dict[str, Any]]:
@@ -892,6 +955,136 @@ def _scenario_postgres_outage(phase: Phase) -> None:
     phase.expect(
         sink is not None and sink.alive() and sink is phase.pipeline.sink,
         "the ledger sink kept running through the database outage",
+    )
+
+
+def _scenario_cluster(phase: Phase) -> None:
+    """One node of a three-node cluster SIGKILLed under load, restarted after the outage.
+
+    The victim is the workers' group coordinator, which also leads about a third of
+    every topic's partitions: the controllers fence it (broker.session.timeout.ms, 9 s
+    by default), its partitions get new leaders from their in-sync replicas, the group
+    a new coordinator. With replication factor 3 and min.insync.replicas 2, every
+    acks=all write goes on to the two survivors, so decisions keep flowing while it
+    is down. The verifier then checks that nothing acknowledged was lost.
+    """
+    cluster = phase.pipeline.infra.cluster
+    if cluster is None:
+        raise CommandError(
+            "cluster needs a multi-node Kafka cluster it may kill: run it with "
+            "`paystream chaos --scenario cluster` (a private three-node cluster)"
+        )
+    settings = phase.pipeline.settings
+    _expect_replicated(phase, cluster)
+    load = phase.load()
+    phase.wait_progress(load, 0.3)
+    victim, roles = _cluster_victim(settings)
+    bootstrap = cluster.node(victim).bootstrap
+    at = time.monotonic()
+    killed_pid = cluster.kill(victim)
+    time.sleep(phase.size.outage_s)
+    restart_started = time.monotonic()
+    restarted = cluster.start_node(victim)
+    back = time.monotonic()
+    phase.fault("broker kill -9, restart", f"node {victim} {bootstrap}", at, back, roles)
+    topics = [name for name, _, _ in names.planned_topics(settings)]
+    in_sync_s = cluster.wait_in_sync(topics, CLUSTER_IN_SYNC_TIMEOUT_S)
+    load.join()
+    _wait_probes_after(phase, back, DECIDED_TIMEOUT_S)
+    notes = phase.result.notes
+    notes.update(
+        killed_node=victim,
+        killed_node_roles=roles,
+        killed_pid=killed_pid,
+        restarted_pid=restarted.pid,
+        node_restart_s=round(back - restart_started, 2),
+        in_sync_after_restart_s=None if in_sync_s is None else round(in_sync_s, 2),
+    )
+    phase.expect(killed_pid is not None, f"node {victim} was running and was killed")
+    phase.expect(
+        killed_pid is not None and not pid_alive(killed_pid) and restarted.pid != killed_pid,
+        f"node {victim} came back as a new process (killed pid {killed_pid}, now {restarted.pid})",
+    )
+    if in_sync_s is None:
+        lagging = cluster.under_replicated(topics)[:5]
+        phase.expect(
+            False,
+            f"every partition in sync again within {CLUSTER_IN_SYNC_TIMEOUT_S:.0f} s of node "
+            f"{victim}'s restart: still lagging {lagging}",
+        )
+
+    def check() -> None:
+        decided = phase.watch.first_seen
+        while_down = sum(1 for when in decided.values() if at < when < back)
+        prober = phase.prober
+        failover = None if prober is None else prober.recovery(at, decided)
+        notes.update(
+            decided_while_down=while_down,
+            failover_s=None if failover is None else round(failover, 2),
+            every_partition_answered_while_down=failover is not None and at + failover < back,
+        )
+        phase.expect(
+            while_down > 0,
+            f"decisions kept flowing while node {victim} was down ({back - at:.1f} s)",
+        )
+        phase.expect(
+            failover is not None,
+            f"every partition decided a probe sent after node {victim} was killed",
+        )
+
+    phase.pending_checks.append(check)
+
+
+def _wait_probes_after(phase: Phase, since: float, timeout_s: float) -> None:
+    """Until every partition decided a probe sent after ``since`` (recovery is measurable)."""
+    prober = phase.prober
+    deadline = time.monotonic() + timeout_s
+    while prober is not None and time.monotonic() < deadline:
+        if prober.recovery(since, phase.watch.first_seen) is not None:
+            return
+        time.sleep(PROBE_EVERY_S)
+
+
+def _cluster_victim(settings: Settings) -> tuple[int, str]:
+    """The node to kill: the workers' group coordinator; and what it was doing."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.brokers, "log_level": CLIENT_LOG_LEVEL})
+    group = settings.app_id
+    described = admin.describe_consumer_groups([group])[group].result(timeout=30)
+    coordinator = int(described.coordinator.id)
+    topic = settings.topic(names.REQUESTS)
+    partitions = admin.list_topics(topic, timeout=30).topics[topic].partitions
+    led = sorted(p for p, meta in partitions.items() if meta.leader == coordinator)
+    return coordinator, f"coordinator of group {group}, leader of {topic} partitions {led}"
+
+
+def _expect_replicated(phase: Phase, cluster: Any) -> None:
+    """Every topic of the pipeline has a replica on each node and min.insync.replicas 2."""
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    settings = phase.pipeline.settings
+    admin = AdminClient({"bootstrap.servers": settings.brokers, "log_level": CLIENT_LOG_LEVEL})
+    topics = [name for name, _, _ in names.planned_topics(settings)]
+    metadata = admin.list_topics(timeout=30).topics
+    short = sorted(
+        f"{name}[{p}]: replicas {meta.replicas}"
+        for name in topics
+        for p, meta in metadata[name].partitions.items()
+        if len(meta.replicas) != cluster.replication_factor
+    )
+    phase.expect(
+        not short, f"every partition has {cluster.replication_factor} replicas: {short[:5]}"
+    )
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in topics]
+    min_isr = {
+        resource.name: future.result(timeout=30)["min.insync.replicas"].value
+        for resource, future in admin.describe_configs(resources).items()
+    }
+    wrong = {name: value for name, value in min_isr.items() if value != str(CLUSTER_MIN_ISR)}
+    phase.expect(not wrong, f"every topic has min.insync.replicas {CLUSTER_MIN_ISR}: {wrong}")
+    phase.result.notes.update(
+        replication_factor=cluster.replication_factor, min_insync_replicas=CLUSTER_MIN_ISR
     )
 
 
@@ -1235,6 +1428,7 @@ SCENARIO_FUNCS: dict[str, Scenario] = {
     "postgres-outage": _scenario_postgres_outage,
     "poison": _scenario_poison,
     "duplicates": _scenario_duplicates,
+    "cluster": _scenario_cluster,
 }
 WORKERS_NEEDED = {"broker-restart": 1, "poison": 1}
 
@@ -1244,7 +1438,7 @@ WORKERS_NEEDED = {"broker-restart": 1, "poison": 1}
 # --------------------------------------------------------------------------------------
 
 
-def _publish_fx(settings: Settings) -> None:
+def publish_fx(settings: Settings) -> None:
     from streams.client import PaymentClient
     from streams.loadgen import fx_rates
 
@@ -1272,7 +1466,7 @@ class Runner:
         self.size = size
         self.pipeline = Pipeline(infra, directory, size, directory.name)
         try:
-            _publish_fx(self.pipeline.settings)
+            publish_fx(self.pipeline.settings)
             self.pipeline.start_sink()
             started = time.monotonic()
             for i in range(workers):
@@ -1294,25 +1488,7 @@ class Runner:
             raise
 
     def _wait_ready(self, timeout_s: float) -> float:
-        """Until every worker is in the group, it is stable, and all partitions answer.
-
-        Answering alone is not enough: the first worker up answers on every partition
-        before the others join, and their joining is a rebalance the load would meet.
-        """
-        deadline = time.monotonic() + timeout_s
-        _wait_group_stable(self.pipeline, len(self.pipeline.workers), timeout_s)
-        for proc in list(self.pipeline.workers.values()):
-            _wait_recovered(proc, max(1.0, deadline - time.monotonic()))
-        while time.monotonic() < deadline:
-            ids = self.prober.probe_once()
-            self.sender.flush(30)
-            missing = self.watch.wait_for(set(ids), min(5.0, deadline - time.monotonic()))
-            if not missing:
-                return time.monotonic()
-        raise CommandError(
-            f"the workers did not answer on every partition within {timeout_s:.0f} s; see the "
-            f"logs in {self.pipeline.directory}"
-        )
+        return wait_pipeline_ready(self.pipeline, self.prober, self.watch, timeout_s)
 
     def run_phase(self, name: str) -> ScenarioResult:
         self.emit(
@@ -1320,6 +1496,7 @@ class Runner:
             f"{self.size.rate_per_s:.0f}/s on {len(self.pipeline.workers)} worker(s)"
         )
         phase = Phase(self.pipeline, name, self.size, self.watch, self.emit)
+        phase.prober = self.prober
         exits_before = len(self.pipeline.exits)
         try:
             SCENARIO_FUNCS[name](phase)
@@ -1405,10 +1582,39 @@ class Runner:
             gc.collect()  # producers of finished phases go now, not when the broker is gone
 
 
+def wait_pipeline_ready(
+    pipeline: Pipeline, prober: Prober, watch: DecisionWatch, timeout_s: float
+) -> float:
+    """Until every worker is in the group, it is stable, and all partitions answer.
+
+    Answering alone is not enough: the first worker up answers on every partition
+    before the others join, and their joining is a rebalance the load would meet.
+    Returns the monotonic time it was ready.
+    """
+    deadline = time.monotonic() + timeout_s
+    _wait_group_stable(pipeline, len(pipeline.workers), timeout_s)
+    for proc in list(pipeline.workers.values()):
+        _wait_recovered(proc, max(1.0, deadline - time.monotonic()))
+    while time.monotonic() < deadline:
+        ids = prober.probe_once()
+        prober.sender.flush(30)
+        missing = watch.wait_for(set(ids), min(5.0, deadline - time.monotonic()))
+        if not missing:
+            return time.monotonic()
+    raise CommandError(
+        f"the workers did not answer on every partition within {timeout_s:.0f} s; see the "
+        f"logs in {pipeline.directory}"
+    )
+
+
 def run_scenario(
     name: str, infra: Infra, directory: Path, size: Size, emit: Callable[[str], None] = print
 ) -> ScenarioResult:
-    """One scenario on a pipeline of its own."""
+    """One scenario (or measurement) on a pipeline of its own."""
+    if name in MEASUREMENTS:
+        from streams.restore import run_measurement
+
+        return run_measurement(name, infra, directory / name, size, emit)
     if name not in SCENARIO_FUNCS:
         raise CommandError(f"unknown scenario {name!r}: choose one of {', '.join(SCENARIOS)}")
     runner = Runner(infra, directory / name, size, WORKERS_NEEDED.get(name, 2), emit)
@@ -1465,9 +1671,10 @@ def result_table(results: Sequence[ScenarioResult]) -> list[str]:
 def _cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
     chosen = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     for name in chosen:
-        if name not in SCENARIO_FUNCS:
+        if name not in SCENARIO_FUNCS and name not in MEASUREMENTS:
             raise CommandError(
-                f"unknown scenario {name!r}: choose one of {', '.join(SCENARIOS)} or all"
+                f"unknown scenario {name!r}: choose one of "
+                f"{', '.join((*SCENARIOS, *MEASUREMENTS))} or all"
             )
     if args.payments < 10:
         raise CommandError(f"--payments {args.payments}: give at least 10")
@@ -1489,13 +1696,21 @@ def _cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
     print(f"chaos: scenarios {', '.join(chosen)}; files in {directory}")
     results: list[ScenarioResult] = []
     started = time.monotonic()
-    with private_infra(directory / "infra", settings) as infra:
-        print(f"chaos: private kafka {infra.bootstrap}, postgres {infra.server_dsn}")
-        for name in chosen:
-            results.append(run_scenario(name, infra, directory, size))
-            _print_result(results[-1])
-            if args.json:
-                _write_json(args.json, args, results, time.monotonic() - started)
+    on_broker = [name for name in chosen if name not in CLUSTER_SCENARIOS]
+    on_cluster = [name for name in chosen if name in CLUSTER_SCENARIOS]
+    for group, make_infra, where in (
+        (on_broker, private_infra, "infra"),
+        (on_cluster, private_cluster_infra, "cluster-infra"),
+    ):
+        if not group:
+            continue
+        with make_infra(directory / where, settings) as infra:
+            print(f"chaos: private kafka {infra.bootstrap}, postgres {infra.server_dsn}")
+            for name in group:
+                results.append(run_scenario(name, infra, directory, size))
+                _print_result(results[-1])
+                if args.json:
+                    _write_json(args.json, args, results, time.monotonic() - started)
     print()
     for line in result_table(results):
         print(line)
@@ -1544,10 +1759,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "chaos", help="run fault scenarios under load on private Kafka/PostgreSQL, then verify"
     )
-    parser.add_argument("--scenario", required=True, help=f"one of {', '.join(SCENARIOS)}, or all")
+    parser.add_argument(
+        "--scenario",
+        required=True,
+        help=f"one of {', '.join(SCENARIOS)}, or all; or a measurement: {', '.join(MEASUREMENTS)}",
+    )
     parser.add_argument("--payments", type=int, default=5000, help="load requests per scenario")
     parser.add_argument(
-        "--accounts", type=int, default=None, help="accounts in the load (default: payments / 10)"
+        "--accounts",
+        type=int,
+        default=None,
+        help="accounts in the load (default: payments / 10); restore, failover: accounts "
+        "written to the changelog (default: 1,000,000 and 200,000)",
     )
     parser.add_argument("--rate", type=float, default=200.0, help="load requests per second")
     parser.add_argument("--partitions", type=int, default=8)
@@ -1555,7 +1778,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--fault-every-s", type=float, default=20.0, help="worker-kill: seconds between kills"
     )
     parser.add_argument(
-        "--outage-s", type=float, default=15.0, help="broker-restart, postgres-outage: seconds down"
+        "--outage-s",
+        type=float,
+        default=15.0,
+        help="broker-restart, postgres-outage: seconds down; cluster: seconds before the restart",
     )
     parser.add_argument(
         "--settle-s",
@@ -1570,12 +1796,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 __all__ = [
+    "MEASUREMENTS",
     "SCENARIOS",
     "Fault",
     "Infra",
     "ScenarioResult",
     "Size",
     "Violation",
+    "private_cluster_infra",
     "private_infra",
     "result_table",
     "run_phases",

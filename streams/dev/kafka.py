@@ -1,36 +1,46 @@
-"""A single-node Apache Kafka broker (KRaft, broker and controller in one JVM) on loopback.
+"""Apache Kafka on loopback: a single KRaft node, or a cluster of several (one JVM each).
+
+Every node is a combined broker and controller. ``KafkaBroker`` is one node: alone
+(``paystream dev up``, the test session) it is its own one-voter quorum; given a
+``ClusterMembership`` it is one node of a ``KafkaCluster``, whose nodes share a cluster
+id and a static quorum of every node's controller (``controller.quorum.voters``).
 
 Machines without Docker still get the real broker: its jars are published on Maven
 Central, so ``ensure_jars`` renders a throwaway pom (``kafka.pom``) and lets Maven copy
 the runtime dependencies into the user's cache directory once per Kafka version. Every
 later start uses those jars and needs neither Maven nor the network.
 
-The broker's files live under ``<state_dir>/kafka/``: ``server.properties``, the
+A node's files live under ``<state_dir>/kafka/``: ``server.properties``, the
 formatted log directory ``data/``, ``broker.log``, ``broker.pid`` and ``state.json``.
 The log directory is formatted once and kept across ``down``/``up`` (like PostgreSQL's
-data directory); ``paystream dev down --wipe`` removes it.
+data directory); ``paystream dev down --wipe`` removes it. A cluster keeps node ``N``
+under ``<state_dir>/kafka-cluster/node-N/kafka/``.
 """
 
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import fcntl
 import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streams.dev import (
+    KILL_WAIT_S,
     LOOPBACK_HOST,
     find_pids,
+    free_loopback_ports,
     log_tail,
     pid_alive,
     pid_is_ours,
@@ -39,6 +49,7 @@ from streams.dev import (
     read_pid_file,
     terminate,
     user_cache_dir,
+    wait_for_exit,
     write_json_state,
     write_text_atomic,
 )
@@ -98,6 +109,26 @@ STOP_GRACE_S = 20.0
 CLUSTER_ID_ATTEMPTS_MAX = 16
 """Random cluster ids drawn before giving up (Kafka rejects ids starting with '-', p=1/64)."""
 
+CLUSTER_NODES_DEFAULT = 3
+"""Nodes of a local cluster: the smallest quorum that survives the loss of one node."""
+
+CLUSTER_NODES_MIN = 3
+
+CLUSTER_MIN_INSYNC_REPLICAS = 2
+"""With replication factor 3 and acks=all, a write is on two nodes before it is
+acknowledged, and one node may be down without stopping writes."""
+
+CLUSTER_READY_TIMEOUT_S = 180.0
+"""Longest for every node of a freshly spawned cluster to answer (three JVMs starting at
+once on a loaded 2-core machine; ~20 s measured)."""
+
+PORTS_RELEASE_WAIT_S = 15.0
+"""How long a crashed node's loopback ports may stay taken before its restart fails
+(seen: a few seconds after SIGKILL, with every client of the cluster reconnecting)."""
+
+CLUSTER_STATUS_TIMEOUT_S = 10.0
+"""Timeout of one metadata or describe request on a cluster."""
+
 _VERSION_PATTERN = re.compile(r"\d+\.\d+\.\d+(?:[.-][A-Za-z0-9]+)*")
 _JAVA_VERSION_PATTERN = re.compile(r'version "(\d+)(?:\.(\d+))?[^"]*"')
 
@@ -119,18 +150,78 @@ def parse_java_major_version(version_output: str) -> int | None:
     return major
 
 
-def render_server_properties(port: int, controller_port: int, log_dir: Path) -> str:
+@dataclass(frozen=True)
+class ClusterMembership:
+    """What makes a node one of several: its id, every voter, the shared cluster id.
+
+    ``voters`` holds ``(node id, controller port)`` of every controller of the static
+    quorum (here: every node). Topics get replication factor ``len(voters)`` unless
+    created with another, and ``min_insync_replicas``.
+    """
+
+    node_id: int
+    voters: tuple[tuple[int, int], ...]
+    cluster_id: str
+    min_insync_replicas: int = CLUSTER_MIN_INSYNC_REPLICAS
+
+    def __post_init__(self) -> None:
+        ids = [node_id for node_id, _ in self.voters]
+        ports = [port for _, port in self.voters]
+        if len(set(ids)) != len(ids) or len(set(ports)) != len(ports):
+            raise InfraError(f"cluster voters {self.voters} repeat a node id or a port")
+        if self.node_id not in ids:
+            raise InfraError(f"node {self.node_id} is not among the voters {self.voters}")
+        if not 1 <= self.min_insync_replicas <= len(self.voters):
+            raise InfraError(
+                f"min.insync.replicas {self.min_insync_replicas} is not in 1..{len(self.voters)} "
+                f"for a cluster of {len(self.voters)} nodes"
+            )
+
+    @property
+    def replication_factor(self) -> int:
+        return len(self.voters)
+
+    @property
+    def controller_port(self) -> int:
+        return dict(self.voters)[self.node_id]
+
+    def quorum_voters(self) -> str:
+        """``controller.quorum.voters``: ``id@host:port`` of every voter, by node id."""
+        return ",".join(
+            f"{node_id}@{LOOPBACK_HOST}:{port}" for node_id, port in sorted(self.voters)
+        )
+
+
+def render_server_properties(
+    port: int, controller_port: int, log_dir: Path, membership: ClusterMembership | None = None
+) -> str:
     """``server.properties`` for one combined broker+controller node on 127.0.0.1.
 
-    Internal topics get replication factor 1 and min ISR 1: their defaults (3 and 2)
-    make group coordination and transactions impossible on a single node. Topics are
-    created explicitly, so auto-creation is off to surface misspelt names.
+    Alone (no ``membership``), internal topics get replication factor 1 and min ISR 1:
+    their defaults (3 and 2) make group coordination and transactions impossible on a
+    single node. In a cluster, internal topics and topics created without an explicit
+    factor are replicated to every node, and ``min.insync.replicas`` is set broker-wide,
+    so every topic inherits it. Topics are created explicitly, so auto-creation is off
+    to surface misspelt names.
     """
+    if membership is not None and membership.controller_port != controller_port:
+        raise InfraError(
+            f"node {membership.node_id}: controller port {controller_port} is not its "
+            f"voter entry {membership.quorum_voters()}"
+        )
     log_dir_text = str(log_dir).replace("\\", "\\\\")
-    properties = (
+    node_id = NODE_ID if membership is None else membership.node_id
+    voters = (
+        f"{NODE_ID}@{LOOPBACK_HOST}:{controller_port}"
+        if membership is None
+        else membership.quorum_voters()
+    )
+    replicas = 1 if membership is None else membership.replication_factor
+    min_isr = 1 if membership is None else membership.min_insync_replicas
+    properties = [
         ("process.roles", "broker,controller"),
-        ("node.id", str(NODE_ID)),
-        ("controller.quorum.voters", f"{NODE_ID}@{LOOPBACK_HOST}:{controller_port}"),
+        ("node.id", str(node_id)),
+        ("controller.quorum.voters", voters),
         (
             "listeners",
             f"PLAINTEXT://{LOOPBACK_HOST}:{port},CONTROLLER://{LOOPBACK_HOST}:{controller_port}",
@@ -142,13 +233,20 @@ def render_server_properties(port: int, controller_port: int, log_dir: Path) -> 
         ("log.dirs", log_dir_text),
         ("num.partitions", "1"),
         ("auto.create.topics.enable", "false"),
-        ("offsets.topic.replication.factor", "1"),
-        ("transaction.state.log.replication.factor", "1"),
-        ("transaction.state.log.min.isr", "1"),
-        ("share.coordinator.state.topic.replication.factor", "1"),
-        ("share.coordinator.state.topic.min.isr", "1"),
+        ("offsets.topic.replication.factor", str(replicas)),
+        ("transaction.state.log.replication.factor", str(replicas)),
+        ("transaction.state.log.min.isr", str(min_isr)),
+        ("share.coordinator.state.topic.replication.factor", str(replicas)),
+        ("share.coordinator.state.topic.min.isr", str(min_isr)),
         ("group.initial.rebalance.delay.ms", "0"),
-    )
+    ]
+    if membership is not None:
+        properties += [
+            ("default.replication.factor", str(replicas)),
+            ("min.insync.replicas", str(min_isr)),
+            # A replica that was not in sync never becomes leader: no acknowledged write lost.
+            ("unclean.leader.election.enable", "false"),
+        ]
     header = "# Written by paystream (streams/dev/kafka.py) at every start; edits are lost.\n"
     return header + "".join(f"{key}={value}\n" for key, value in properties)
 
@@ -400,6 +498,10 @@ class KafkaBroker:
     broker process of this state directory behind, including strays whose pid file
     was lost. Processes are recognised by the absolute ``server.properties`` path on
     their command line, so a recycled pid is never signalled.
+
+    Without ``membership`` the node is a cluster of its own; with it, one node of a
+    ``KafkaCluster`` (which starts its nodes together: a node answers only once a
+    quorum of controllers is up).
     """
 
     def __init__(
@@ -409,6 +511,7 @@ class KafkaBroker:
         port: int = _DEFAULTS.kafka_port,
         controller_port: int = _DEFAULTS.kafka_controller_port,
         heap_mb: int = _DEFAULTS.kafka_heap_mb,
+        membership: ClusterMembership | None = None,
     ) -> None:
         if not _VERSION_PATTERN.fullmatch(version):
             raise InfraError(
@@ -427,10 +530,17 @@ class KafkaBroker:
                 f"kafka heap {heap_mb} MB is below the {HEAP_INITIAL_MB} MB minimum: "
                 f"set PAYSTREAM_KAFKA_HEAP_MB to at least {HEAP_INITIAL_MB}"
             )
+        if membership is not None and membership.controller_port != controller_port:
+            raise InfraError(
+                f"node {membership.node_id}: controller port {controller_port} is not its "
+                f"voter entry in {membership.quorum_voters()}"
+            )
         self.version = version
         self.port = port
         self.controller_port = controller_port
         self.heap_mb = heap_mb
+        self.membership = membership
+        self.node_id = NODE_ID if membership is None else membership.node_id
         self.home = Path(state_dir).resolve() / "kafka"
         self.server_properties = self.home / "server.properties"
         self.log_dir = self.home / "data"
@@ -471,30 +581,65 @@ class KafkaBroker:
         strays = find_pids(self._marker)
         return strays[0] if strays else None
 
-    def start(self) -> KafkaStart:
-        """Start the broker and wait until it answers; a no-op when it already does."""
+    def start(self, timeout_s: float = READY_TIMEOUT_S, ports_wait_s: float = 0.0) -> KafkaStart:
+        """Start the broker and wait until it answers; a no-op when it already does.
+
+        ``ports_wait_s`` is how long its ports may stay taken before that is an error
+        (a node restarted right after a crash: its loopback ports can be busy briefly).
+        """
         started = time.monotonic()
         pid = self.running_pid()
         if pid is not None:
             self._check_running_ports(pid)
-            if self._wait_ready(pid, READY_TIMEOUT_S, spawned=False):
+            if self._wait_ready(pid, timeout_s, spawned=False):
                 return KafkaStart(True, pid, self.bootstrap, time.monotonic() - started, None)
             _logger.warning(
                 "kafka pid %d does not answer on %s; restarting it", pid, self.bootstrap
             )
             self.stop()
-        self._check_ports_free()
+        pid, jars = self.spawn(ports_wait_s)
+        self.wait_ready(pid, timeout_s)
+        return KafkaStart(False, pid, self.bootstrap, time.monotonic() - started, jars)
+
+    def spawn(self, ports_wait_s: float = 0.0) -> tuple[int, JarCache]:
+        """Write the configuration, format a new log directory, launch the JVM; no waiting.
+
+        ``start`` is spawn plus ``wait_ready``. A cluster spawns every node before it
+        waits for any, since a node answers only once a quorum of controllers is up.
+        """
+        self._check_ports_free(ports_wait_s)
         java = check_java()
         jars = self.ensure_jars()
         self.home.mkdir(parents=True, exist_ok=True)
         write_text_atomic(
             self.server_properties,
-            render_server_properties(self.port, self.controller_port, self.log_dir),
+            render_server_properties(
+                self.port, self.controller_port, self.log_dir, self.membership
+            ),
         )
         self._format_if_needed(java, jars.directory)
-        pid = self._spawn(java, jars.directory)
-        self._wait_ready(pid, READY_TIMEOUT_S, spawned=True)
-        return KafkaStart(False, pid, self.bootstrap, time.monotonic() - started, jars)
+        return self._spawn(java, jars.directory), jars
+
+    def wait_ready(self, pid: int, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Wait until the JVM ``spawn`` launched answers; InfraError (and stopped) if not."""
+        self._wait_ready(pid, timeout_s, spawned=True)
+
+    def kill(self) -> int | None:
+        """SIGKILL the running broker, as a crash would (no controlled shutdown, no flush).
+
+        Returns its pid, or None when none was running. The files stay: ``start``
+        brings the node back, recovering its log as after a power cut.
+        """
+        pid = self.running_pid()
+        if pid is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        if not wait_for_exit(pid, KILL_WAIT_S):
+            raise InfraError(
+                f"kafka pid {pid} survived SIGKILL: check `ps -p {pid}` (uninterruptible I/O?)"
+            )
+        return pid
 
     def stop(self) -> list[int]:
         """Stop every broker process of this state directory; the pids that were stopped."""
@@ -567,8 +712,11 @@ class KafkaBroker:
                 "or use that port"
             )
 
-    def _check_ports_free(self) -> None:
+    def _check_ports_free(self, wait_s: float = 0.0) -> None:
+        deadline = time.monotonic() + wait_s
         for name, port in (("kafka", self.port), ("kafka controller", self.controller_port)):
+            while port_in_use(port) and time.monotonic() < deadline:
+                time.sleep(READY_POLL_INTERVAL_S)
             if port_in_use(port):
                 raise InfraError(
                     f"{name} port {port} on {LOOPBACK_HOST} is taken by another process: "
@@ -592,11 +740,12 @@ class KafkaBroker:
         if (self.log_dir / "meta.properties").is_file():
             return
         shutil.rmtree(self.log_dir, ignore_errors=True)  # Half-formatted: start over.
+        cluster_id = new_cluster_id() if self.membership is None else self.membership.cluster_id
         command = [
             *self._java_command(java, jar_dir, STORAGE_TOOL_CLASS),
             "format",
             "-t",
-            new_cluster_id(),
+            cluster_id,
             "-c",
             str(self.server_properties),
         ]
@@ -648,6 +797,7 @@ class KafkaBroker:
             self.state_path,
             {
                 "pid": process.pid,
+                "node_id": self.node_id,
                 "version": self.version,
                 "port": self.port,
                 "controller_port": self.controller_port,
@@ -694,6 +844,205 @@ class KafkaBroker:
             f"kafka {self.version} did not answer on {self.bootstrap} within {timeout_s:.0f} s "
             f"and was stopped; last lines of {self.log_path}:\n{log_tail(self.log_path)}"
         )
+
+
+class KafkaCluster:
+    """Several local Kafka nodes forming one KRaft cluster, one JVM each, on loopback.
+
+    Node ``N`` (1..nodes) lives in ``<state_dir>/kafka-cluster/node-N/`` with its own
+    ports and log directory. Every node is broker and controller; the controllers form
+    a static quorum of all nodes, so the cluster keeps working while a minority is
+    down. Topics are replicated to every node (unless created with another factor)
+    with ``min.insync.replicas`` 2: with acks=all a write is on two nodes before it is
+    acknowledged, and one node may be down without stopping writes.
+
+    ``kill`` and ``start_node`` crash and revive one node; ``stop`` stops them all.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        version: str = _DEFAULTS.kafka_version,
+        ports: Sequence[tuple[int, int]] | None = None,
+        heap_mb: int = _DEFAULTS.kafka_heap_mb,
+        nodes: int = CLUSTER_NODES_DEFAULT,
+        min_insync_replicas: int = CLUSTER_MIN_INSYNC_REPLICAS,
+    ) -> None:
+        """``ports`` holds (listener port, controller port) per node; free ones if None."""
+        if ports is None:
+            flat = free_loopback_ports(2 * nodes)
+            ports = [(flat[2 * i], flat[2 * i + 1]) for i in range(nodes)]
+        if len(ports) < CLUSTER_NODES_MIN:
+            raise InfraError(
+                f"a cluster of {len(ports)} node(s) cannot lose one and keep a quorum: "
+                f"give at least {CLUSTER_NODES_MIN} (or use a single KafkaBroker)"
+            )
+        self.home = Path(state_dir).resolve() / "kafka-cluster"
+        self.cluster_id = self._formatted_cluster_id() or new_cluster_id()
+        voters = tuple(
+            (node_id, controller_port) for node_id, (_, controller_port) in enumerate(ports, 1)
+        )
+        self.nodes: tuple[KafkaBroker, ...] = tuple(
+            KafkaBroker(
+                self.home / f"node-{node_id}",
+                version=version,
+                port=port,
+                controller_port=controller_port,
+                heap_mb=heap_mb,
+                membership=ClusterMembership(node_id, voters, self.cluster_id, min_insync_replicas),
+            )
+            for node_id, (port, controller_port) in enumerate(ports, 1)
+        )
+        self.min_insync_replicas = min_insync_replicas
+        self._admin: AdminClient | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node's ``host:port``, comma-separated, for ``bootstrap.servers``."""
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    @property
+    def replication_factor(self) -> int:
+        return len(self.nodes)
+
+    def node(self, node_id: int) -> KafkaBroker:
+        """Node ``node_id`` (1-based, as Kafka numbers them)."""
+        for node in self.nodes:
+            if node.node_id == node_id:
+                return node
+        raise InfraError(f"no node {node_id} in this cluster: nodes are 1..{len(self.nodes)}")
+
+    def start(self, timeout_s: float = CLUSTER_READY_TIMEOUT_S) -> list[KafkaStart]:
+        """Start every node not running, wait until all answer and are registered.
+
+        A node answers only once a quorum of controllers is up, so all are spawned
+        before any is waited for. On failure every node is stopped.
+        """
+        started = time.monotonic()
+        spawned: dict[int, tuple[int, JarCache]] = {}
+        try:
+            for node in self.nodes:
+                if node.running_pid() is None:
+                    spawned[node.node_id] = node.spawn()
+            results = []
+            for node in self.nodes:
+                if node.node_id in spawned:
+                    pid, jars = spawned[node.node_id]
+                    node.wait_ready(pid, max(1.0, started + timeout_s - time.monotonic()))
+                    results.append(
+                        KafkaStart(False, pid, node.bootstrap, time.monotonic() - started, jars)
+                    )
+                else:
+                    remaining_s = max(1.0, started + timeout_s - time.monotonic())
+                    results.append(node.start(remaining_s))
+            self._wait_registered(max(1.0, started + timeout_s - time.monotonic()))
+        except BaseException:
+            self._stop_quietly()
+            raise
+        return results
+
+    def start_node(self, node_id: int, timeout_s: float = READY_TIMEOUT_S) -> KafkaStart:
+        """(Re)start one node while the others run (they hold the quorum it rejoins)."""
+        return self.node(node_id).start(timeout_s, ports_wait_s=PORTS_RELEASE_WAIT_S)
+
+    def kill(self, node_id: int) -> int | None:
+        """SIGKILL one node's JVM: a crash. Its pid, or None when it was not running."""
+        return self.node(node_id).kill()
+
+    def stop(self) -> list[int]:
+        """Stop every node, all at once (one by one, the last would wait for a quorum)."""
+        with concurrent.futures.ThreadPoolExecutor(len(self.nodes)) as pool:
+            futures = [pool.submit(node.stop) for node in self.nodes]
+        stopped: list[int] = []
+        errors = []
+        for future in futures:
+            try:
+                stopped += future.result()
+            except InfraError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise InfraError("; ".join(errors))
+        return sorted(stopped)
+
+    def _stop_quietly(self) -> None:
+        try:
+            self.stop()
+        except InfraError:
+            _logger.exception("stopping kafka cluster %s after a failed start", self.home)
+
+    def leftover_pids(self) -> list[int]:
+        """Live broker processes of any node (empty after a clean ``stop``)."""
+        return sorted(pid for node in self.nodes for pid in node.leftover_pids())
+
+    def wipe(self) -> None:
+        """Delete every node's files; the nodes must be stopped."""
+        for node in self.nodes:
+            node.wipe()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def status(self) -> list[KafkaStatus]:
+        return [node.status() for node in self.nodes]
+
+    def under_replicated(self, topics: Sequence[str] | None = None) -> list[str]:
+        """``topic[partition]`` whose in-sync replicas are fewer than its replicas.
+
+        Asked of any live node; ``topics`` limits the answer (default: every topic).
+        """
+        if self._admin is None:
+            self._admin = _admin_client(self.bootstrap)
+        metadata = self._admin.list_topics(timeout=CLUSTER_STATUS_TIMEOUT_S)
+        wanted = set(topics) if topics is not None else set(metadata.topics)
+        lagging = []
+        for name in sorted(wanted):
+            topic = metadata.topics.get(name)
+            if topic is None:
+                lagging.append(f"{name}: unknown")
+                continue
+            for partition in sorted(topic.partitions):
+                meta = topic.partitions[partition]
+                if meta.error is not None or len(meta.isrs) < len(meta.replicas):
+                    lagging.append(f"{name}[{partition}]")
+        return lagging
+
+    def wait_in_sync(self, topics: Sequence[str] | None, timeout_s: float) -> float | None:
+        """Seconds until no partition of ``topics`` is under-replicated; None at the timeout."""
+        from confluent_kafka import KafkaException
+
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            with contextlib.suppress(KafkaException):
+                if not self.under_replicated(topics):
+                    return time.monotonic() - started
+            time.sleep(READY_POLL_INTERVAL_S)
+        return None
+
+    def _wait_registered(self, timeout_s: float) -> None:
+        """Until the metadata lists every node as a broker."""
+        from confluent_kafka import KafkaException
+
+        admin = _admin_client(self.bootstrap)
+        deadline = time.monotonic() + timeout_s
+        seen: list[int] = []
+        while time.monotonic() < deadline:
+            with contextlib.suppress(KafkaException):
+                seen = sorted(admin.list_topics(timeout=ADMIN_REQUEST_TIMEOUT_S).brokers)
+                if len(seen) == len(self.nodes):
+                    return
+            time.sleep(READY_POLL_INTERVAL_S)
+        raise InfraError(
+            f"kafka cluster in {self.home}: only brokers {seen} of {len(self.nodes)} registered "
+            f"within {timeout_s:.0f} s; see the broker.log of each node"
+        )
+
+    def _formatted_cluster_id(self) -> str | None:
+        """The cluster id a node's log directory was formatted with, if any was."""
+        for meta in sorted(self.home.glob("node-*/kafka/data/meta.properties")):
+            with contextlib.suppress(OSError):
+                for line in meta.read_text(encoding="utf-8").splitlines():
+                    key, _, value = line.partition("=")
+                    if key.strip() == "cluster.id" and value.strip():
+                        return value.strip()
+        return None
 
 
 def _int_or(value: object, default: int) -> int:
