@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import TP
@@ -40,6 +40,7 @@ from streams.app import (
 
 log = logging.getLogger(__name__)
 EXIT_INTERNAL_ERROR = 71
+BEGIN_RETRY_S = 0.5
 
 
 def _rules_baseline() -> Any:
@@ -123,44 +124,39 @@ def _on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None
     offset_guard.reset()
 
 
-def _committed_offsets(tps: list[TP]) -> dict[TP, int | None]:
-    """The group's committed offsets, asked of the broker (blocking: run in a thread).
+async def _committed_offset(tp: TP) -> int | None:
+    """The group's committed offset of ``tp``, asked of the group coordinator.
 
-    Not faust's own record of them: it is filled by a seek that can finish after the
-    first events of an assignment are already flowing (seen in the kill -9 runs).
+    Not faust's own record of it: that is filled by a seek that can finish after
+    the first events of an assignment are already flowing (seen in the kill -9 runs).
+    Asked through the worker's own aiokafka consumer (which retries while the
+    coordinator moves), not an AdminClient: librdkafka 2.16's offset fetch crashed
+    the worker when the coordinator moved (RELIABILITY.md, bugs 5 and 6).
     """
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from aiokafka.structs import TopicPartition
 
-    request = ConsumerGroupTopicPartitions(
-        settings.app_id, [TopicPartition(tp.topic, tp.partition) for tp in tps]
+    thread = cast(Any, app.consumer)._thread  # faust's thread running the aiokafka client
+    committed = await thread.call_thread(
+        thread._ensure_consumer().committed, TopicPartition(tp.topic, tp.partition)
     )
-    future = _admin().list_consumer_group_offsets([request])[settings.app_id]
-    found = {(part.topic, part.partition): part.offset for part in future.result().topic_partitions}
-    return {
-        tp: offset if (offset := found.get((tp.topic, tp.partition), -1)) >= 0 else None
-        for tp in tps
-    }
-
-
-_admin_client: Any = None
-
-
-def _admin() -> Any:
-    global _admin_client
-    if _admin_client is None:
-        from confluent_kafka.admin import AdminClient
-
-        _admin_client = AdminClient({"bootstrap.servers": settings.brokers})
-    return _admin_client
+    return None if committed is None or committed < 0 else int(committed)
 
 
 async def _begin(tp: TP) -> None:
-    """Start ``tp`` in the guard at the group's committed offset, else the earliest."""
+    """Start ``tp`` in the guard at the group's committed offset, else the earliest.
+
+    If the broker cannot say now, ``tp`` is left unbegun: its events are dropped
+    unacked and the next one asks again (the guard then seeks back if needed).
+    """
     generation = app.consumer_generation_id
-    loop = asyncio.get_running_loop()
-    committed = (await loop.run_in_executor(None, _committed_offsets, [tp]))[tp]
-    if committed is None:
-        committed = int((await app.consumer.earliest_offsets(tp)).get(tp) or 0)
+    try:
+        committed = await _committed_offset(tp)
+        if committed is None:
+            committed = int((await app.consumer.earliest_offsets(tp)).get(tp) or 0)
+    except Exception as exc:  # coordinator moving, broker restarting...
+        log.warning("%s: could not read the committed offset (%r); will ask again", tp, exc)
+        await asyncio.sleep(BEGIN_RETRY_S)
+        return
     if app.consumer_generation_id != generation:  # partitions moved while we asked
         return
     offset_guard.begin(tp, committed)
@@ -184,7 +180,10 @@ async def _admitted(events: list[faust.EventT]) -> list[faust.EventT]:
                 continue
         verdict = offset_guard.admit(tp, message.offset)
         if verdict is Verdict.AHEAD:
-            await _fill_gap(tp, message.offset)
+            try:
+                await _fill_gap(tp, message.offset)
+            except Exception as exc:  # the re-seek timer tries again
+                log.warning("%s: could not seek back (%r); will try again", tp, exc)
             verdict = offset_guard.admit(tp, message.offset)  # the log may start past the gap
         if verdict is Verdict.PROCESS:
             admitted.append(event)
@@ -259,7 +258,10 @@ async def _reseek_unfilled_gaps() -> None:
     for tp, offset in offset_guard.overdue(asyncio.get_running_loop().time()):
         if tp in assignment:
             log.warning("%s: offset %d still missing: seeking back to it again", tp, offset)
-            await app.consumer.seek(tp, offset)
+            try:
+                await app.consumer.seek(tp, offset)
+            except Exception as exc:  # next tick
+                log.warning("%s: could not seek back (%r); will try again", tp, exc)
 
 
 async def _batches(stream: Any, handle: Callable[[list[Message]], list[HeldOutput]]) -> None:
