@@ -23,6 +23,7 @@ import time
 from types import FrameType
 from typing import Any
 
+from agents.pipeline import producer_config  # the worker's output producer, same settings
 from streams import topics as names
 from streams.settings import Settings, load_settings
 
@@ -30,24 +31,8 @@ log = logging.getLogger("bench.peers.ceiling")
 
 COMMIT_EVERY_S = 1.0  # as the worker's broker_commit_interval
 FLUSH_TIMEOUT_S = 300.0
-DELIVERY_TIMEOUT_MS = 300_000
 BUFFER_FULL_POLL_S = 0.05
 EXIT_DELIVERY_FAILED = 70
-
-
-def producer_config(settings: Settings) -> dict[str, Any]:
-    return {
-        "bootstrap.servers": settings.brokers,
-        "enable.idempotence": True,
-        "acks": "all",
-        "partitioner": "murmur2_random",
-        "linger.ms": 2,
-        "batch.num.messages": 10_000,
-        "compression.type": "lz4",
-        "delivery.timeout.ms": DELIVERY_TIMEOUT_MS,
-        "queue.buffering.max.messages": 1_000_000,
-        "message.max.bytes": names.DEAD_LETTER_BYTES_MAX,
-    }
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:

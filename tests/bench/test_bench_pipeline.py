@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
-from agents.pipeline import producer_config as worker_producer_config
 from bench import pipeline, report
-from bench.peers import Peer, ceiling
+from bench.peers import Peer
 from bench.plot import plot_summary, representative_run
 from streams.errors import CommandError
 from streams.settings import Settings
@@ -61,12 +60,6 @@ def test_peer_processes_get_exactly_the_run_settings(monkeypatch: pytest.MonkeyP
     assert env["PAYSTREAM_WEB_PORT"] == "6100"
     assert "PAYSTREAM_NOT_A_SETTING" not in env
     assert env["PATH"]
-
-
-def test_the_ceiling_produces_as_durably_as_the_worker() -> None:
-    settings = Settings()
-    mine, theirs = ceiling.producer_config(settings), worker_producer_config(settings)
-    assert mine == theirs
 
 
 def _run(throughput: float, ok: bool = True, **extra: Any) -> dict[str, Any]:
