@@ -58,7 +58,8 @@ def plot_summary(summary: dict[str, Any], path: Path) -> bool:
     start = "first request sent" if fixed else "first decision"
     left.set_title("decisions per second")
     left.set_xlabel(f"seconds since the {start}")
-    left.set_ylabel("decisions/s")
+    left.set_ylabel("decisions/s (log scale)")
+    left.set_yscale("symlog", linthresh=100)  # the ceiling is ~100x the others
     left.grid(alpha=0.3)
     left.legend()
     if fixed:
