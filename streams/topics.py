@@ -29,6 +29,9 @@ LEADER_POLL_S = 0.1
 # Requests can carry metadata; anything larger than this is a dead letter, not a payment.
 MESSAGE_BYTES_MAX = 1024 * 1024
 DEAD_LETTER_BYTES_MAX = 2 * MESSAGE_BYTES_MAX + 64 * 1024
+# From this replication factor on, every topic requires this many in-sync replicas.
+DURABLE_REPLICAS_MIN = 3
+IN_SYNC_REPLICAS_MIN = 2
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,12 @@ def planned_topics(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
     planned = [(settings.topic(s.name), s.partitions(settings), s.config()) for s in TOPICS]
     compacted = {"cleanup.policy": "compact", "max.message.bytes": str(MESSAGE_BYTES_MAX)}
     planned += [(name, count, compacted) for name, count in changelog_topics(settings)]
+    if settings.replication_factor >= DURABLE_REPLICAS_MIN:
+        # acks=all then means "on at least two brokers" whatever the broker default is:
+        # with one broker down, writes go on; with two down, they stop rather than
+        # being acknowledged by a single copy.
+        durable = {"min.insync.replicas": str(IN_SYNC_REPLICAS_MIN)}
+        planned = [(name, count, {**config, **durable}) for name, count, config in planned]
     return planned
 
 
