@@ -190,7 +190,13 @@ class BatchWriter:
         if problem is not None:
             self._dead_letter(msg, "constraint_violation", problem)
             return None
-        return SourcedTransaction(tx, fingerprint(tx), msg.topic(), msg.partition(), msg.offset())
+        try:
+            return SourcedTransaction(
+                tx, fingerprint(tx), msg.topic(), msg.partition(), msg.offset()
+            )
+        except ValueError as exc:  # a value no ledger column can hold
+            self._dead_letter(msg, "constraint_violation", f"{tx['transaction_id']}: {exc}")
+            return None
 
     def _with_retry(self, action: Callable[[Any], Any], wait: Callable[[float], bool],
                     what: str) -> Any:  # fmt: skip

@@ -3,7 +3,11 @@
 The fast path per batch: look up which transaction ids already exist (one indexed
 query), COPY the new transactions and their entries in binary, then add the
 batch's per-(account, currency) sums to ``account_balances``; all in one database
-transaction, so balances always equal the entries they sum. A transaction already
+transaction, so balances always equal the entries they sum. Each transaction's COPY
+rows are built when it is read (:class:`SourcedTransaction`, with
+:mod:`streams.ledger.pgcopy`), so the thread that holds the connection only joins
+bytes; entries go straight into their month's partition, which PostgreSQL can fill
+a page at a time (see migration 0003). A transaction already
 in the ledger is skipped when its fingerprint matches (a redelivery or a replay)
 and reported as a conflict when it does not. If a concurrent writer inserts the
 same transaction first, the COPY fails on the primary key and the batch is simply
@@ -15,11 +19,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import struct
+import time
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 from agents.rules.ledger import account_type, balance_deltas
+from streams.ledger import pgcopy
 
 log = logging.getLogger(__name__)
 
@@ -31,22 +37,84 @@ _TX_COLUMNS = (
     "transaction_id, request_id, payment_id, kind, posted_at, entry_count, fingerprint, "
     "source_topic, source_partition, source_offset"
 )
-_TX_TYPES = ["text", "text", "text", "text", "timestamptz", "int4", "bytea", "text", "int4", "int8"]
 _ENTRY_COLUMNS = (
     "entry_id, transaction_id, account_id, direction, amount_minor, currency, fx_rate, posted_at"
 )
-_ENTRY_TYPES = ["text", "text", "text", "text", "int8", "text", "numeric", "timestamptz"]
+_ROW_OF_1 = pgcopy.fields(1)
+_ROW_OF_3 = pgcopy.fields(3)
+_ROW_OF_5 = pgcopy.fields(5)
+_ROW_OF_8 = pgcopy.fields(8)
+_ROW_OF_10 = pgcopy.fields(10)
+_DIRECTIONS = {"DEBIT": pgcopy.text("DEBIT"), "CREDIT": pgcopy.text("CREDIT")}
+_LENGTH = struct.Struct(">i").pack
+_INT4 = struct.Struct(">ii").pack  # length, value
+_INT8 = struct.Struct(">iq").pack
+_SOURCES: dict[str, bytes] = {}  # topic name -> its COPY field
 
 
-@dataclass(frozen=True, slots=True)
 class SourcedTransaction:
-    """A decoded, checked transaction and where it was read from."""
+    """A decoded, checked transaction, where it was read from, and its COPY rows.
 
-    tx: dict[str, Any]
-    fingerprint: bytes
-    topic: str
-    partition: int
-    offset: int
+    The rows are built here, on the thread that decodes; :class:`ValueError` if a
+    value cannot be stored (the sink dead-letters the message with that reason).
+    """
+
+    __slots__ = ("entry_rows", "fingerprint", "id_row", "month", "offset", "partition",
+                 "topic", "tx", "tx_row")  # fmt: skip
+
+    def __init__(
+        self, tx: dict[str, Any], fingerprint: bytes, topic: str, partition: int, offset: int
+    ) -> None:
+        self.tx = tx
+        self.fingerprint = fingerprint
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        ms = tx["posted_at_ms"]
+        when = pgcopy.timestamptz_ms(ms)
+        moment = time.gmtime(ms // 1000)
+        self.month: tuple[int, int] = (moment.tm_year, moment.tm_mon)
+        # Inlined text fields (length + UTF-8): this runs once per transaction read.
+        length = _LENGTH
+        raw = tx["transaction_id"].encode()
+        txid = length(len(raw)) + raw
+        self.id_row = _ROW_OF_1 + txid
+        request = tx["request_id"].encode()
+        payment = tx["payment_id"]
+        kind = tx["kind"].encode()
+        entries = tx["entries"]
+        source = _SOURCES.get(topic)
+        if source is None:
+            source = _SOURCES[topic] = pgcopy.text(topic)
+        try:
+            self.tx_row = b"".join((
+                _ROW_OF_10, txid, length(len(request)), request,
+                pgcopy.NULL if payment is None else pgcopy.text(payment),
+                length(len(kind)), kind, when, _INT4(4, len(entries)),
+                length(len(fingerprint)), fingerprint, source, _INT4(4, partition),
+                _INT8(8, offset),
+            ))  # fmt: skip
+            rows: list[bytes] = []
+            for e in entries:
+                entry_id = e["entry_id"].encode()
+                account = e["account_id"].encode()
+                currency = e["currency"].encode()
+                rate = e["fx_rate"]
+                rows += (
+                    _ROW_OF_8, length(len(entry_id)), entry_id, txid, length(len(account)),
+                    account, _DIRECTIONS[e["direction"]], _INT8(8, e["amount_minor"]),
+                    length(len(currency)), currency,
+                    pgcopy.NULL if rate is None else pgcopy.numeric(rate), when,
+                )  # fmt: skip
+        except struct.error as exc:  # an integer that does not fit its column
+            raise ValueError(f"a value does not fit its ledger column: {exc}") from exc
+        self.entry_rows = b"".join(rows)
+
+    def __repr__(self) -> str:
+        return (
+            f"SourcedTransaction({self.tx['transaction_id']!r} from "
+            f"{self.topic}[{self.partition}]@{self.offset})"
+        )
 
 
 @dataclass
@@ -67,23 +135,11 @@ def month_start(moment: dt.datetime) -> dt.datetime:
     return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
-def next_month(start: dt.datetime) -> dt.datetime:
-    return (
-        start.replace(year=start.year + 1, month=1)
-        if start.month == 12
-        else start.replace(month=start.month + 1)
-    )
-
-
-def partition_name(start: dt.datetime) -> str:
-    return f"ledger_entries_y{start.year:04d}m{start.month:02d}"
-
-
 class LedgerWriter:
     """Writes batches through one connection; the caller handles connection loss."""
 
     def __init__(self) -> None:
-        self._partitions: set[str] = set()
+        self._partitions: dict[tuple[int, int], str] = {}
         self._known_accounts: set[str] = set()
 
     def forget(self) -> None:
@@ -133,25 +189,28 @@ class LedgerWriter:
         self, conn: Any, batch: list[SourcedTransaction], result: WriteResult
     ) -> WriteResult:
         _create_staging(conn)
-        _copy_rows(conn, "batch_ids", ["text"], ((item.tx["transaction_id"],) for item in batch))
+        _copy_bytes(conn, "COPY batch_ids FROM STDIN (FORMAT BINARY)",
+                    [item.id_row for item in batch])  # fmt: skip
         existing = dict(
             conn.execute(
                 "SELECT t.transaction_id, t.fingerprint FROM transactions t "
                 "JOIN batch_ids USING (transaction_id)"
             ).fetchall()
         )
-        new: list[SourcedTransaction] = []
-        for item in batch:
-            held = existing.get(item.tx["transaction_id"])
-            if held is None:
-                new.append(item)
-            elif bytes(held) == item.fingerprint:
-                result.duplicates += 1
-            else:
-                result.rejected.append(
-                    (item, f"{item.tx['transaction_id']}: already in the ledger with different "
-                           "content (a conflicting duplicate)")
-                )  # fmt: skip
+        new = batch
+        if existing:
+            new = []
+            for item in batch:
+                held = existing.get(item.tx["transaction_id"])
+                if held is None:
+                    new.append(item)
+                elif bytes(held) == item.fingerprint:
+                    result.duplicates += 1
+                else:
+                    result.rejected.append(
+                        (item, f"{item.tx['transaction_id']}: already in the ledger with "
+                               "different content (a conflicting duplicate)")
+                    )  # fmt: skip
         if not new:
             return result
         self._insert_accounts(conn, new)
@@ -161,63 +220,56 @@ class LedgerWriter:
         return result
 
     def _copy(self, conn: Any, batch: list[SourcedTransaction]) -> int:
+        """The transactions, then each month's entries straight into its partition."""
+        _copy_bytes(conn, f"COPY transactions ({_TX_COLUMNS}) FROM STDIN (FORMAT BINARY)",
+                    [item.tx_row for item in batch])  # fmt: skip
+        by_month: dict[tuple[int, int], list[bytes]] = {}
         entries = 0
-        with conn.cursor() as cur:
-            with cur.copy(f"COPY transactions ({_TX_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(_TX_TYPES)
-                for item in batch:
-                    tx = item.tx
-                    copy.write_row((
-                        tx["transaction_id"], tx["request_id"], tx["payment_id"], tx["kind"],
-                        posted_at(tx["posted_at_ms"]), len(tx["entries"]), item.fingerprint,
-                        item.topic, item.partition, item.offset,
-                    ))  # fmt: skip
-            sql = f"COPY ledger_entries ({_ENTRY_COLUMNS}) FROM STDIN (FORMAT BINARY)"
-            with cur.copy(sql) as copy:
-                copy.set_types(_ENTRY_TYPES)
-                for item in batch:
-                    tx = item.tx
-                    txid, when = tx["transaction_id"], posted_at(tx["posted_at_ms"])
-                    for e in tx["entries"]:
-                        rate = e["fx_rate"]
-                        copy.write_row((
-                            e["entry_id"], txid, e["account_id"], e["direction"],
-                            e["amount_minor"], e["currency"],
-                            Decimal(rate) if rate is not None else None, when,
-                        ))  # fmt: skip
-                    entries += len(tx["entries"])
+        for item in batch:
+            rows = by_month.get(item.month)
+            if rows is None:
+                rows = by_month[item.month] = []
+            rows.append(item.entry_rows)
+            entries += len(item.tx["entries"])
+        for month, rows in sorted(by_month.items()):
+            partition = self._partitions[month]  # made by _ensure_partitions
+            _copy_bytes(conn, f'COPY "{partition}" ({_ENTRY_COLUMNS}) FROM STDIN (FORMAT BINARY)',
+                        rows)  # fmt: skip
         return entries
 
     def _insert_accounts(self, conn: Any, batch: list[SourcedTransaction]) -> None:
+        known = self._known_accounts
         first_seen: dict[str, int] = {}
         for item in batch:
             when = item.tx["posted_at_ms"]
             for e in item.tx["entries"]:
                 account = e["account_id"]
-                if account not in self._known_accounts and account not in first_seen:
+                if account not in known and account not in first_seen:
                     first_seen[account] = when
         if not first_seen:
             return
         accounts = sorted(first_seen)
-        _copy_rows(
-            conn, "batch_accounts", ["text", "text", "timestamptz"],
-            ((a, account_type(a), posted_at(first_seen[a])) for a in accounts),
-        )  # fmt: skip
+        _copy_bytes(conn, "COPY batch_accounts FROM STDIN (FORMAT BINARY)", [
+            _ROW_OF_3 + pgcopy.text(a) + pgcopy.text(account_type(a))
+            + pgcopy.timestamptz_ms(first_seen[a])
+            for a in accounts
+        ])  # fmt: skip
         conn.execute(
             "INSERT INTO accounts (account_id, account_type, first_posted_at) "
             "SELECT * FROM batch_accounts ORDER BY 1 ON CONFLICT (account_id) DO NOTHING"
         )
-        if len(self._known_accounts) + len(accounts) > KNOWN_ACCOUNTS_MAX:
-            self._known_accounts.clear()
+        if len(known) + len(accounts) > KNOWN_ACCOUNTS_MAX:
+            known.clear()
         # Certain only once committed: every failure path calls forget() or clears it.
-        self._known_accounts.update(accounts)
+        known.update(accounts)
 
     def _add_balances(self, conn: Any, transactions: list[dict[str, Any]]) -> None:
         deltas = balance_deltas(transactions)
-        _copy_rows(
-            conn, "batch_deltas", ["text", "text", "int8", "int8", "int8"],
-            ((a, c, row[0], row[1], row[2]) for (a, c), row in deltas.items()),
-        )  # fmt: skip
+        text, int8 = pgcopy.text, pgcopy.int8
+        _copy_bytes(conn, "COPY batch_deltas FROM STDIN (FORMAT BINARY)", [
+            _ROW_OF_5 + text(a) + text(c) + int8(row[0]) + int8(row[1]) + int8(row[2])
+            for (a, c), row in deltas.items()
+        ])  # fmt: skip
         # Sorted, so concurrent writers lock balance rows in the same order (no deadlock).
         conn.execute(
             """INSERT INTO account_balances AS b (account_id, currency, balance_minor,
@@ -255,29 +307,20 @@ class LedgerWriter:
         return result
 
     def _ensure_partitions(self, conn: Any, batch: list[SourcedTransaction]) -> None:
-        """Create the month partitions this batch needs, each in its own short transaction."""
-        months = {month_start(posted_at(item.tx["posted_at_ms"])) for item in batch}
-        for start in sorted(months):
-            name = partition_name(start)
-            if name in self._partitions:
-                continue
-            ensure_partition(conn, start)
-            self._partitions.add(name)
+        """Create (and guard) the month partitions this batch needs, each in its own
+        short transaction, before the batch's transaction starts."""
+        for month in {item.month for item in batch}:
+            if month not in self._partitions:
+                start = dt.datetime(month[0], month[1], 1, tzinfo=dt.UTC)
+                self._partitions[month] = ensure_partition(conn, start)
 
 
-def ensure_partition(conn: Any, start: dt.datetime) -> None:
-    import psycopg
-    from psycopg import sql
-
-    name = partition_name(start)
-    statement = sql.SQL(
-        "CREATE TABLE IF NOT EXISTS {} PARTITION OF ledger_entries FOR VALUES FROM ({}) TO ({})"
-    ).format(sql.Identifier(name), sql.Literal(start), sql.Literal(next_month(start)))
-    try:
-        with conn.transaction():
-            conn.execute(statement)
-    except psycopg.errors.DuplicateTable:
-        pass  # a concurrent writer created it between our check and our CREATE
+def ensure_partition(conn: Any, start: dt.datetime) -> str:
+    """The partition of the month starting at ``start`` (UTC), created and guarded if
+    needed by the database's ``ledger_ensure_month``; returns its name."""
+    with conn.transaction():
+        row = conn.execute("SELECT ledger_ensure_month(%s)", (start,)).fetchone()
+    return str(row[0])
 
 
 def _create_staging(conn: Any) -> None:
@@ -294,11 +337,10 @@ def _create_staging(conn: Any) -> None:
     )
 
 
-def _copy_rows(conn: Any, table: str, types: list[str], rows: Any) -> None:
-    with conn.cursor() as cur, cur.copy(f"COPY {table} FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(types)
-        for row in rows:
-            copy.write_row(row)
+def _copy_bytes(conn: Any, statement: str, rows: list[bytes]) -> None:
+    """One binary COPY of rows already in COPY's format (see :mod:`streams.ledger.pgcopy`)."""
+    with conn.cursor() as cur, cur.copy(statement) as copy:
+        copy.write(b"".join((pgcopy.SIGNATURE, *rows, pgcopy.TRAILER)))
 
 
 def _conflict(txid: str, earlier: SourcedTransaction) -> str:

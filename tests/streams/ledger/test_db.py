@@ -50,9 +50,15 @@ def _transaction(conn: psycopg.Connection, txid: str, entries: int = 2) -> None:
     )
 
 
-def _entries(conn: psycopg.Connection, txid: str, rows: list[tuple[str, str, int, str]]) -> None:
+PARTITION = "ledger_entries_y2026m11"  # NOW's month, made by the conn fixture
+
+
+def _entries(
+    conn: psycopg.Connection, txid: str, rows: list[tuple[str, str, int, str]],
+    table: str = "ledger_entries",
+) -> None:  # fmt: skip
     conn.execute(
-        "INSERT INTO ledger_entries (entry_id, transaction_id, account_id, direction, "
+        f"INSERT INTO {table} (entry_id, transaction_id, account_id, direction, "
         "amount_minor, currency, posted_at) SELECT * FROM unnest(%s::text[], %s::text[], "
         "%s::text[], %s::text[], %s::int8[], %s::text[], %s::timestamptz[])",
         (
@@ -70,7 +76,7 @@ def _entries(conn: psycopg.Connection, txid: str, rows: list[tuple[str, str, int
 @pytest.fixture
 def conn(ledger_dsn: str) -> psycopg.Connection:
     connection = psycopg.connect(ledger_dsn, autocommit=True)
-    ensure_partition(connection, NOW.replace(day=1, hour=0))
+    assert ensure_partition(connection, NOW.replace(day=1, hour=0)) == PARTITION
     return connection
 
 
@@ -94,13 +100,15 @@ def test_a_balanced_transaction_is_accepted(conn: psycopg.Connection) -> None:
         ([("a", "SIDEWAYS", 5, "EUR"), ("b", "CREDIT", 5, "EUR")], "direction"),
     ],
 )
+@pytest.mark.parametrize("table", ["ledger_entries", PARTITION])  # the sink writes the latter
 def test_the_schema_refuses_what_the_ledger_must_not_hold(
-    conn: psycopg.Connection, rows: list[tuple[str, str, int, str] | None], message: str
-) -> None:
+    conn: psycopg.Connection, rows: list[tuple[str, str, int, str] | None], message: str,
+    table: str,
+) -> None:  # fmt: skip
     present = [row for row in rows if row is not None]  # None: declared but missing
     with pytest.raises(psycopg.errors.CheckViolation, match=message), conn.transaction():
         _transaction(conn, "bad", entries=len(rows))
-        _entries(conn, "bad", present)
+        _entries(conn, "bad", present, table)
     assert conn.execute("SELECT count(*) FROM transactions").fetchone() == (0,)
 
 
@@ -118,9 +126,10 @@ def test_entry_ids_are_unique(conn: psycopg.Connection) -> None:
         )
 
 
-def test_entries_need_their_transaction(conn: psycopg.Connection) -> None:
+@pytest.mark.parametrize("table", ["ledger_entries", PARTITION])
+def test_entries_need_their_transaction(conn: psycopg.Connection, table: str) -> None:
     with pytest.raises(psycopg.errors.ForeignKeyViolation), conn.transaction():
-        _entries(conn, "ghost", [("a", "DEBIT", 5, "EUR"), ("b", "CREDIT", 5, "EUR")])
+        _entries(conn, "ghost", [("a", "DEBIT", 5, "EUR"), ("b", "CREDIT", 5, "EUR")], table)
 
 
 def test_the_ledger_is_append_only(conn: psycopg.Connection) -> None:
@@ -131,6 +140,54 @@ def test_the_ledger_is_append_only(conn: psycopg.Connection) -> None:
         conn.execute("UPDATE ledger_entries SET amount_minor = 1")
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
         conn.execute("DELETE FROM transactions")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+        conn.execute(f"DELETE FROM {PARTITION}")
+
+
+def test_balances_need_their_account_which_stays(conn: psycopg.Connection) -> None:
+    def balance(account: str) -> None:
+        conn.execute(
+            "INSERT INTO account_balances VALUES (%s, 'EUR', 5, 0, 5, 1, now())", (account,)
+        )
+
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match="unknown account ghost"):
+        balance("ghost")
+    conn.execute("INSERT INTO accounts VALUES ('c1', 'customer', now())")
+    balance("c1")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+        conn.execute("DELETE FROM accounts")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="never change"):
+        conn.execute("UPDATE account_balances SET account_id = 'ghost'")
+
+
+def test_partitions_made_before_migration_3_get_its_guards(
+    empty_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first_two = load_migrations()[:2]
+    monkeypatch.setattr(db, "load_migrations", lambda: first_two)
+    migrate(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as connection:
+        connection.execute(
+            f"CREATE TABLE {PARTITION} PARTITION OF ledger_entries "
+            "FOR VALUES FROM ('2026-11-01Z') TO ('2026-12-01Z')"
+        )
+        monkeypatch.undo()
+        assert [m.version for m in migrate(empty_dsn)] == [3]
+        unbalanced = [("a", "DEBIT", 5, "EUR"), ("b", "CREDIT", 4, "EUR")]
+        refused = pytest.raises(psycopg.errors.CheckViolation, match="unbalanced")
+        with refused, connection.transaction():
+            _transaction(connection, "bad")
+            _entries(connection, "bad", unbalanced, PARTITION)
+
+
+def test_ensure_partition_is_idempotent_and_refuses_mid_month(conn: psycopg.Connection) -> None:
+    assert ensure_partition(conn, NOW.replace(day=1, hour=0)) == PARTITION
+    triggers = conn.execute(
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass", (PARTITION,)
+    ).fetchone()
+    assert triggers == (2,)
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="first instant"):
+        ensure_partition(conn, NOW)
 
 
 def test_readers_cannot_write(ledger_dsn: str) -> None:
