@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from agents.rules.ledger import (
     net_balances,
     transaction_problem,
 )
+from agents.rules.money import CURRENCY_EXPONENTS
 
 
 def tx(txid: str = "r1:payment", *legs: tuple[str, str, int, str], **fields: Any) -> dict:
@@ -125,3 +127,8 @@ def test_balances_of_balanced_transactions_sum_to_zero(moves: list[tuple[str, st
     for (account, _), (debits, credits, _) in deltas.items():
         assert debits == sum(m for p, _, m in moves if p == account)
         assert credits == sum(m for _, q, m in moves if q == account)
+
+
+def test_every_known_currency_code_is_three_capital_letters() -> None:
+    # transaction_problem checks a currency by membership alone, relying on this.
+    assert all(re.fullmatch("[A-Z]{3}", code) for code in CURRENCY_EXPONENTS)
