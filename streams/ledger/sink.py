@@ -30,7 +30,7 @@ from schemas.codec import Codecs, SchemaError, load_codec
 from streams import topics as names
 from streams.errors import InfraError
 from streams.ledger.db import database_dsn
-from streams.ledger.writer import LedgerWriter, SourcedTransaction, WriteResult
+from streams.ledger.writer import BatchPlan, LedgerWriter, SourcedTransaction, WriteResult, plan
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,14 @@ class SinkStats:
         self.transactions += result.written
         self.entries += result.entries
         self.duplicates += result.duplicates
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """A batch decoded, checked and planned; ``origin`` maps id(item) to its message."""
+
+    plan: BatchPlan
+    origin: dict[int, Any]
 
 
 def unavailable_errors() -> tuple[type[BaseException], ...]:
@@ -141,25 +149,27 @@ class BatchWriter:
         self.finish()
         return True
 
-    def prepare(self, messages: list[Any]) -> list[tuple[SourcedTransaction, Any]]:
-        """Decode and check; what cannot enter the ledger becomes a dead letter now."""
-        prepared = []
+    def prepare(self, messages: list[Any]) -> PreparedBatch:
+        """Decode, check and plan (no database needed); what cannot enter the ledger
+        becomes a dead letter now."""
+        items = []
+        origin = {}
         for msg in messages:
             item = self._decode(msg)
             if item is not None:
-                prepared.append((item, msg))
-        return prepared
+                items.append(item)
+                origin[id(item)] = msg
+        return PreparedBatch(plan(items), origin)
 
-    def write(self, prepared: list[tuple[SourcedTransaction, Any]],
-              wait: Callable[[float], bool]) -> bool:  # fmt: skip
+    def write(self, prepared: PreparedBatch, wait: Callable[[float], bool]) -> bool:
         """Write a prepared batch (retrying while the database is down); False if stopped."""
-        if not prepared:
+        planned, origin = prepared.plan, prepared.origin
+        if not origin:
             return True
-        batch = [item for item, _ in prepared]
-        origin = {id(item): msg for item, msg in prepared}
         result = self._with_retry(
-            lambda conn: self.writer.write(conn, batch), wait, f"writing {len(batch)} txs"
-        )
+            lambda conn: self.writer.write_plan(conn, planned), wait,
+            f"writing {len(planned.unique)} txs",
+        )  # fmt: skip
         if result is None:
             return False
         with self._lock:
@@ -326,7 +336,8 @@ class LedgerSink:
                         break
                 if messages:
                     last_data = now
-                    future = executor.submit(self.batches.write, prepared or [], self._sleep)
+                    assert prepared is not None
+                    future = executor.submit(self.batches.write, prepared, self._sleep)
                     inflight = (future, messages)
                 elif idle_exit_s is not None and now - last_data > idle_exit_s:
                     break

@@ -126,6 +126,67 @@ class WriteResult:
     rejected: list[tuple[SourcedTransaction, str]] = field(default_factory=list)
 
 
+class BalanceOverflow(ValueError):
+    """A batch's sum for one balance does not fit the balance's 64-bit column."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPlan:
+    """A batch made ready for :meth:`LedgerWriter.write_plan` without a connection.
+
+    ``unique`` holds each transaction id once; ``account_rows`` (first sighting of each
+    account, as COPY rows) and ``delta_rows`` (per-(account, currency) sums, as COPY
+    rows) describe all of ``unique``; the writer recomputes them for the part that is
+    new when some of the batch is already in the ledger.
+    """
+
+    unique: list[SourcedTransaction]
+    duplicates: int
+    rejected: list[tuple[SourcedTransaction, str]]
+    account_rows: dict[str, bytes]
+    # None when a sum over the batch does not fit a 64-bit integer: written one by one.
+    delta_rows: list[bytes] | None
+
+
+def plan(batch: list[SourcedTransaction]) -> BatchPlan:
+    """Drop repeats inside ``batch`` and build its account and balance rows: pure."""
+    duplicates = 0
+    rejected: list[tuple[SourcedTransaction, str]] = []
+    first: dict[str, SourcedTransaction] = {}
+    for item in batch:
+        txid = item.tx["transaction_id"]
+        earlier = first.get(txid)
+        if earlier is None:
+            first[txid] = item
+        elif earlier.fingerprint == item.fingerprint:
+            duplicates += 1
+        else:
+            rejected.append((item, _conflict(txid, earlier)))
+    unique = list(first.values())
+    seen: dict[str, int] = {}
+    for item in unique:
+        when = item.tx["posted_at_ms"]
+        for e in item.tx["entries"]:
+            if e["account_id"] not in seen:
+                seen[e["account_id"]] = when
+    text = pgcopy.text
+    accounts = {
+        account: _ROW_OF_3 + text(account) + text(account_type(account))
+        + pgcopy.timestamptz_ms(when)
+        for account, when in seen.items()
+    }  # fmt: skip
+    deltas: list[bytes] | None
+    try:
+        deltas = [
+            _ROW_OF_5 + text(account) + text(currency) + _INT8(8, row[0]) + _INT8(8, row[1])
+            + _INT8(8, row[2])
+            for (account, currency), row in balance_deltas(item.tx for item in unique).items()
+        ]  # fmt: skip
+    except struct.error:
+        deltas = None
+    return BatchPlan(unique, duplicates, rejected, accounts, deltas)
+
+
 def posted_at(ms: int) -> dt.datetime:
     """Exact: milliseconds since the epoch to an aware UTC datetime (no float rounding)."""
     return EPOCH + dt.timedelta(milliseconds=ms)
@@ -149,45 +210,35 @@ class LedgerWriter:
 
     def write(self, conn: Any, batch: list[SourcedTransaction]) -> WriteResult:
         """Write ``batch`` (checked transactions) exactly once; returns what happened."""
+        return self.write_plan(conn, plan(batch))
+
+    def write_plan(self, conn: Any, planned: BatchPlan) -> WriteResult:
+        """Write a batch :func:`plan` prepared (on any thread) exactly once."""
         import psycopg
 
-        unique, result = self._dedupe(batch)
+        result = WriteResult(duplicates=planned.duplicates, rejected=list(planned.rejected))
+        unique = planned.unique
         if not unique:
             return result
         for attempt in range(1, UNIQUE_RACE_RETRIES_MAX + 1):
             try:
                 self._ensure_partitions(conn, unique)
                 with conn.transaction():
-                    return self._write_batch(conn, unique, result)
+                    return self._write_batch(conn, unique, result, planned)
             except psycopg.errors.UniqueViolation:
                 # Another writer (a replay, a sink that lost its partitions) got there first.
                 self._known_accounts.clear()
                 log.info("ledger batch raced another writer (attempt %d); retrying", attempt)
-            except (psycopg.errors.IntegrityError, psycopg.DataError) as exc:
+            except (psycopg.errors.IntegrityError, psycopg.DataError, BalanceOverflow) as exc:
                 self._known_accounts.clear()
-                log.warning("ledger batch refused by the database (%s); writing one by one", exc)
+                log.warning("ledger batch refused (%s); writing one by one", exc)
                 return self._write_one_by_one(conn, unique, result)
         return self._write_one_by_one(conn, unique, result)
 
-    def _dedupe(
-        self, batch: list[SourcedTransaction]
-    ) -> tuple[list[SourcedTransaction], WriteResult]:
-        result = WriteResult()
-        first: dict[str, SourcedTransaction] = {}
-        for item in batch:
-            txid = item.tx["transaction_id"]
-            earlier = first.get(txid)
-            if earlier is None:
-                first[txid] = item
-            elif earlier.fingerprint == item.fingerprint:
-                result.duplicates += 1
-            else:
-                result.rejected.append((item, _conflict(txid, earlier)))
-        return list(first.values()), result
-
     def _write_batch(
-        self, conn: Any, batch: list[SourcedTransaction], result: WriteResult
-    ) -> WriteResult:
+        self, conn: Any, batch: list[SourcedTransaction], result: WriteResult,
+        planned: BatchPlan | None = None,
+    ) -> WriteResult:  # fmt: skip
         _create_staging(conn)
         _copy_bytes(conn, "COPY batch_ids FROM STDIN (FORMAT BINARY)",
                     [item.id_row for item in batch])  # fmt: skip
@@ -199,6 +250,7 @@ class LedgerWriter:
         )
         new = batch
         if existing:
+            planned = None  # planned for all of the batch; part of it is in the ledger
             new = []
             for item in batch:
                 held = existing.get(item.tx["transaction_id"])
@@ -213,9 +265,13 @@ class LedgerWriter:
                     )  # fmt: skip
         if not new:
             return result
-        self._insert_accounts(conn, new)
+        if planned is None:
+            planned = plan(new)
+        if planned.delta_rows is None:
+            raise BalanceOverflow(f"{len(new)} transactions: a balance sum exceeds 64 bits")
+        self._insert_accounts(conn, planned.account_rows)
         result.entries += self._copy(conn, new)
-        self._add_balances(conn, [item.tx for item in new])
+        self._add_balances(conn, planned.delta_rows)
         result.written += len(new)
         return result
 
@@ -237,39 +293,26 @@ class LedgerWriter:
                         rows)  # fmt: skip
         return entries
 
-    def _insert_accounts(self, conn: Any, batch: list[SourcedTransaction]) -> None:
+    def _insert_accounts(self, conn: Any, account_rows: dict[str, bytes]) -> None:
+        """Insert the accounts this writer has not seen committed yet."""
         known = self._known_accounts
-        first_seen: dict[str, int] = {}
-        for item in batch:
-            when = item.tx["posted_at_ms"]
-            for e in item.tx["entries"]:
-                account = e["account_id"]
-                if account not in known and account not in first_seen:
-                    first_seen[account] = when
-        if not first_seen:
+        fresh = [account for account in account_rows if account not in known]
+        if not fresh:
             return
-        accounts = sorted(first_seen)
-        _copy_bytes(conn, "COPY batch_accounts FROM STDIN (FORMAT BINARY)", [
-            _ROW_OF_3 + pgcopy.text(a) + pgcopy.text(account_type(a))
-            + pgcopy.timestamptz_ms(first_seen[a])
-            for a in accounts
-        ])  # fmt: skip
+        fresh.sort()
+        _copy_bytes(conn, "COPY batch_accounts FROM STDIN (FORMAT BINARY)",
+                    [account_rows[account] for account in fresh])  # fmt: skip
         conn.execute(
             "INSERT INTO accounts (account_id, account_type, first_posted_at) "
             "SELECT * FROM batch_accounts ORDER BY 1 ON CONFLICT (account_id) DO NOTHING"
         )
-        if len(known) + len(accounts) > KNOWN_ACCOUNTS_MAX:
+        if len(known) + len(fresh) > KNOWN_ACCOUNTS_MAX:
             known.clear()
         # Certain only once committed: every failure path calls forget() or clears it.
-        known.update(accounts)
+        known.update(fresh)
 
-    def _add_balances(self, conn: Any, transactions: list[dict[str, Any]]) -> None:
-        deltas = balance_deltas(transactions)
-        text, int8 = pgcopy.text, pgcopy.int8
-        _copy_bytes(conn, "COPY batch_deltas FROM STDIN (FORMAT BINARY)", [
-            _ROW_OF_5 + text(a) + text(c) + int8(row[0]) + int8(row[1]) + int8(row[2])
-            for (a, c), row in deltas.items()
-        ])  # fmt: skip
+    def _add_balances(self, conn: Any, delta_rows: list[bytes]) -> None:
+        _copy_bytes(conn, "COPY batch_deltas FROM STDIN (FORMAT BINARY)", delta_rows)
         # Sorted, so concurrent writers lock balance rows in the same order (no deadlock).
         conn.execute(
             """INSERT INTO account_balances AS b (account_id, currency, balance_minor,
@@ -299,6 +342,10 @@ class LedgerWriter:
                 self._known_accounts.clear()
                 reason = str(exc).strip().splitlines()[0]
                 result.rejected.append((item, f"refused by PostgreSQL: {reason}"))
+                continue
+            except BalanceOverflow:
+                self._known_accounts.clear()
+                result.rejected.append((item, "its postings overflow a 64-bit balance"))
                 continue
             result.written += single.written
             result.entries += single.entries

@@ -124,6 +124,35 @@ def test_what_only_the_database_refuses_is_rejected_alone(conn: psycopg.Connecti
     assert stored_balances(conn) == net_balances(good)
 
 
+def test_a_batch_whose_balance_sum_overflows_is_written_one_by_one(
+    conn: psycopg.Connection,
+) -> None:
+    half = 2**62  # each transaction fits; the merchant's sum over the two does not
+    first = tx("r1:payment", ("c1", "DEBIT", half, "EUR"), ("m1", "CREDIT", half, "EUR"))
+    second = tx("r2:payment", ("c2", "DEBIT", half, "EUR"), ("m1", "CREDIT", half, "EUR"))
+    result = LedgerWriter().write(conn, [sourced(first), sourced(second)])
+    assert result.written == 1
+    [(item, reason)] = result.rejected
+    assert item.tx is second and "refused by PostgreSQL" in reason and "out of range" in reason
+    assert stored_balances(conn) == net_balances([first])
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("posted_at_ms", 253_402_300_800_000, "outside years 1-9999"),
+        ("payment_id", "p\x00", "NUL"),
+    ],
+)
+def test_a_value_no_column_can_hold_is_refused_before_the_database(
+    field: str, value: Any, message: str
+) -> None:
+    bad = tx()
+    bad[field] = value
+    with pytest.raises(ValueError, match=message):
+        sourced(bad)
+
+
 def test_two_writers_racing_on_the_same_batch_write_it_once(ledger_dsn: str) -> None:
     batch = [sourced(t, i) for i, t in enumerate(payments(3000))]
     results = []
