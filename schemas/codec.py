@@ -58,6 +58,7 @@ from schemas.catalog import (
     wire_schema,
 )
 from schemas.errors import CatalogError, DecodeError, EncodeError, RegistryError, SchemaError
+from schemas.fastdecode import Decoder, compile_decoder
 from schemas.fastencode import Unsupported, compile_encoder
 
 __all__ = [
@@ -127,6 +128,7 @@ class TopicCodec:
     """
 
     __slots__ = (
+        "_fast_decoders",
         "_fast_encode",
         "_guard",
         "_header",
@@ -155,6 +157,9 @@ class TopicCodec:
         self._header = _HEADER.pack(MAGIC_BYTE, schema_id)
         self._guard = _compile_integer_guard(self._schema, _named(self._schema), set())
         self._fast_encode = compile_encoder(self._schema)
+        self._fast_decoders: dict[int, Decoder | None] = {
+            known_id: _compile_fast_decoder(reader) for known_id, reader in readers.items()
+        }
         self._resolve_unknown = resolve_unknown
 
     def __repr__(self) -> str:
@@ -196,7 +201,12 @@ class TopicCodec:
     def decode(
         self, data: bytes, partition: int | None = None, offset: int | None = None
     ) -> Record:
-        """The record in ``data``; :class:`DecodeError` naming topic, partition, offset if none."""
+        """The record in ``data``; :class:`DecodeError` naming topic, partition, offset if none.
+
+        A body that needs no schema resolution is read by its schema's specialised decoder
+        (:mod:`schemas.fastdecode`); anything that decoder refuses, and every other body, by
+        fastavro, whose errors are the ones raised.
+        """
         try:
             magic, schema_id = _HEADER.unpack_from(data)
         except (struct.error, TypeError) as exc:
@@ -206,6 +216,18 @@ class TopicCodec:
         reader = self._readers.get(schema_id)
         if reader is None:
             reader = self._unknown_id(schema_id, partition, offset)
+            fast = self._resolved_decoder(schema_id, reader)
+        else:
+            fast = self._fast_decoders.get(schema_id)
+        if fast is not None and data.__class__ is bytes:
+            try:
+                fast_record, end = fast(data, HEADER_SIZE)
+            except Exception:
+                pass  # fastavro reads it, or says why it cannot
+            else:
+                if end != len(data):
+                    raise self._left_over_error(data, end, partition, offset, schema_id)
+                return fast_record
         buffer = BytesIO(data)
         buffer.seek(HEADER_SIZE)
         try:
@@ -214,12 +236,28 @@ class TopicCodec:
             reason = f"body does not match schema id {schema_id} ({type(exc).__name__}: {exc})"
             raise self._decode_error(partition, offset, reason, schema_id) from exc
         if buffer.tell() != len(data):
-            reason = (
-                f"{len(data) - buffer.tell()} byte(s) left over after a schema id {schema_id} "
-                "record (corrupt, or not this topic's data)"
-            )
-            raise self._decode_error(partition, offset, reason, schema_id)
+            raise self._left_over_error(data, buffer.tell(), partition, offset, schema_id)
         return record
+
+    def _left_over_error(
+        self, data: bytes, end: int, partition: int | None, offset: int | None, schema_id: int
+    ) -> DecodeError:
+        reason = (
+            f"{len(data) - end} byte(s) left over after a schema id {schema_id} "
+            "record (corrupt, or not this topic's data)"
+        )
+        return self._decode_error(partition, offset, reason, schema_id)
+
+    def _resolved_decoder(self, schema_id: int, reader: _Reader) -> Decoder | None:
+        """The fast decoder of a writer schema met later (registry), compiled once per id."""
+        decoders = self._fast_decoders
+        if schema_id in decoders:
+            return decoders[schema_id]
+        if len(decoders) >= len(self._readers) + REGISTRY_SCHEMA_CACHE_MAX:
+            oldest = next(known for known in decoders if known not in self._readers)
+            del decoders[oldest]
+        decoder = decoders[schema_id] = _compile_fast_decoder(reader)
+        return decoder
 
     def _unknown_id(self, schema_id: int, partition: int | None, offset: int | None) -> _Reader:
         if self._resolve_unknown is None:
@@ -262,6 +300,15 @@ class TopicCodec:
             topic=self.topic,
             field=path or None,
         ) from cause
+
+
+def _compile_fast_decoder(reader: _Reader) -> Decoder | None:
+    """The specialised decoder of a writer schema read without schema resolution (reader
+    schema None, or equal to the writer's, which fastavro then ignores too), else None."""
+    writer_schema, reader_schema = reader
+    if reader_schema is not None and reader_schema != writer_schema:
+        return None
+    return compile_decoder(writer_schema)
 
 
 def _passes(guard: Callable[[Any], bool], record: Any) -> bool:
