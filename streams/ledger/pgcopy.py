@@ -71,8 +71,23 @@ def timestamptz_ms(epoch_ms: int) -> bytes:
     return _INT8(8, (epoch_ms - _PG_EPOCH_MS) * 1000)
 
 
+_NUMERIC_CACHE: dict[str, bytes] = {}
+_NUMERIC_CACHE_MAX = 4096  # exchange rates repeat: most values are met again
+
+
 def numeric(value: str) -> bytes:
     """A finite decimal written as text (``"1.08"``) in numeric's base-10000 send format."""
+    cached = _NUMERIC_CACHE.get(value)
+    if cached is not None:
+        return cached
+    encoded = _numeric(value)
+    if len(_NUMERIC_CACHE) >= _NUMERIC_CACHE_MAX:
+        _NUMERIC_CACHE.clear()
+    _NUMERIC_CACHE[value] = encoded
+    return encoded
+
+
+def _numeric(value: str) -> bytes:
     try:
         number = Decimal(value)
     except (InvalidOperation, TypeError, ValueError) as exc:

@@ -16,7 +16,9 @@ batch and carries on.
 
 from __future__ import annotations
 
+import gc
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -62,6 +64,36 @@ class SinkStats:
         self.transactions += result.written
         self.entries += result.entries
         self.duplicates += result.duplicates
+
+
+class InterpreterTuning:
+    """Interpreter settings for the sink loop; :meth:`restore` puts the previous ones back.
+
+    - The cycle collector: a batch is tens of thousands of small dicts, lists and bytes
+      that reference counting frees, yet the default thresholds had the collector walk
+      every live object over and over. Objects alive before the loop are frozen out of
+      collections and the young generation is collected 100x less often; cycles are
+      still collected.
+    - The GIL switch interval: the writer thread wakes from each database round trip
+      wanting the GIL while the reading thread runs pure Python, and by default waits up
+      to 5 ms for it, with PostgreSQL idle meanwhile; 0.5 ms keeps the database busy.
+    """
+
+    GEN0_THRESHOLD = 70_000
+    SWITCH_INTERVAL_S = 0.0005
+
+    def __init__(self) -> None:
+        self._thresholds = gc.get_threshold()
+        self._switch_interval = sys.getswitchinterval()
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(self.GEN0_THRESHOLD, self._thresholds[1], self._thresholds[2])
+        sys.setswitchinterval(self.SWITCH_INTERVAL_S)
+
+    def restore(self) -> None:
+        sys.setswitchinterval(self._switch_interval)
+        gc.set_threshold(*self._thresholds)
+        gc.unfreeze()
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +346,7 @@ class LedgerSink:
 
         self.batches.check_schema(self._wait)
         self.consumer.subscribe([self.topic])
+        tuning = InterpreterTuning()
         log.info("ledger sink: consuming %s as group %s", self.topic, self.group_id)
         last_report = last_data = time.monotonic()
         reported = 0
@@ -354,6 +387,7 @@ class LedgerSink:
                 self._settle(*inflight)
         finally:
             executor.shutdown(wait=True)
+            tuning.restore()
             self.consumer.close()
             self.batches.close()
         return self.stats

@@ -47,6 +47,7 @@ _ROW_OF_8 = pgcopy.fields(8)
 _ROW_OF_10 = pgcopy.fields(10)
 _DIRECTIONS = {"DEBIT": pgcopy.text("DEBIT"), "CREDIT": pgcopy.text("CREDIT")}
 _LENGTH = struct.Struct(">i").pack
+_ACCOUNT_TYPES = {kind: pgcopy.text(kind) for kind in ("customer", "external", "fx_clearing")}
 _INT4 = struct.Struct(">ii").pack  # length, value
 _INT8 = struct.Struct(">iq").pack
 _SOURCES: dict[str, bytes] = {}  # topic name -> its COPY field
@@ -169,19 +170,24 @@ def plan(batch: list[SourcedTransaction]) -> BatchPlan:
         for e in item.tx["entries"]:
             if e["account_id"] not in seen:
                 seen[e["account_id"]] = when
-    text = pgcopy.text
-    accounts = {
-        account: _ROW_OF_3 + text(account) + text(account_type(account))
-        + pgcopy.timestamptz_ms(when)
-        for account, when in seen.items()
-    }  # fmt: skip
-    deltas: list[bytes] | None
+    length = _LENGTH
+    accounts: dict[str, bytes] = {}
+    for account, when in seen.items():
+        raw, kind = account.encode(), _ACCOUNT_TYPES[account_type(account)]
+        accounts[account] = b"".join(
+            (_ROW_OF_3, length(len(raw)), raw, kind, pgcopy.timestamptz_ms(when))
+        )
+    rows: list[bytes] = []
+    deltas: list[bytes] | None = rows
     try:
-        deltas = [
-            _ROW_OF_5 + text(account) + text(currency) + _INT8(8, row[0]) + _INT8(8, row[1])
-            + _INT8(8, row[2])
-            for (account, currency), row in balance_deltas(item.tx for item in unique).items()
-        ]  # fmt: skip
+        for (account, currency), (debits, credits, count) in balance_deltas(
+            item.tx for item in unique
+        ).items():
+            raw, code = account.encode(), currency.encode()
+            rows.append(b"".join((
+                _ROW_OF_5, length(len(raw)), raw, length(len(code)), code, _INT8(8, debits),
+                _INT8(8, credits), _INT8(8, count),
+            )))  # fmt: skip
     except struct.error:
         deltas = None
     return BatchPlan(unique, duplicates, rejected, accounts, deltas)
