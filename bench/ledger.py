@@ -36,7 +36,8 @@ MERCHANT_PER_CUSTOMERS = 100
 
 
 def generate_transactions(entries: int, accounts: int, seed: int, start_ms: int) -> list[dict]:
-    """Balanced transactions totalling ``entries`` entries: customers paying merchants.
+    """Balanced transactions totalling ``entries`` entries (one more when ``entries`` is
+    odd: a transaction has two or four): customers paying merchants.
 
     Payers are drawn uniformly from ``accounts`` customers; payees from one merchant
     per 100 customers with a heavy tail (a few merchants take most payments), as card
@@ -113,13 +114,37 @@ def _drop_database(server_dsn: str, dsn: str) -> None:
     drop_database(server_dsn, str(conninfo_to_dict(dsn)["dbname"]))
 
 
+def postgres_cpu_s() -> float | None:
+    """CPU seconds used so far by every process named ``postgres*`` on this machine (a
+    local server's backends and helpers), or None without a readable ``/proc``."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        return None
+    ticks = 0
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # the process ended meanwhile
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        if name.startswith("postgres"):
+            fields = text[text.rindex(")") + 2 :].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def run_sink(settings: Settings, dsn: str, entries: int) -> dict[str, Any]:
-    """The real sink, from the first message read to the commit of the last batch."""
+    """The real sink, from the first message read to the commit of the last batch; also
+    the CPU the sink's process and the PostgreSQL server used over the whole run."""
     from streams.ledger.reconcile import check_balances
     from streams.ledger.sink import LedgerSink
 
     sink = LedgerSink(settings, dsn, group_id=f"bench-sink-{uuid.uuid4().hex[:8]}")
+    sink_cpu, pg_cpu = time.process_time(), postgres_cpu_s()
     stats = sink.run(until_entries=entries, idle_exit_s=60)
+    sink_cpu = time.process_time() - sink_cpu
+    pg_after = postgres_cpu_s()
+    pg_cpu = None if pg_cpu is None or pg_after is None else pg_after - pg_cpu
     if stats.entries != entries or stats.first_message_at is None or not stats.last_commit_at:
         raise RuntimeError(f"bench: the sink wrote {stats.entries} of {entries} entries")
     elapsed = stats.last_commit_at - stats.first_message_at
@@ -129,7 +154,8 @@ def run_sink(settings: Settings, dsn: str, entries: int) -> dict[str, Any]:
         if check_balances(conn):
             raise RuntimeError("bench: balances do not match entries after the sink run")
     return {"entries": stats.entries, "seconds": elapsed, "batches": stats.batches,
-            "entries_per_s": stats.entries / elapsed}  # fmt: skip
+            "entries_per_s": stats.entries / elapsed, "sink_cpu_s": sink_cpu,
+            "postgres_cpu_s": pg_cpu}  # fmt: skip
 
 
 def run_naive(settings: Settings, dsn: str, seconds: float) -> dict[str, Any]:
@@ -217,6 +243,7 @@ def bench_ledger(
     create_topics(settings)
     server_dsn = database_dsn(settings)
     transactions = generate_transactions(entries, accounts, seed=1, start_ms=1_767_225_600_000)
+    entries = sum(len(tx["entries"]) for tx in transactions)  # odd counts round up
     produce_s = _produce(settings, transactions)
     transaction_count = len(transactions)
     # Not kept alive while the sink runs: Python's cycle collector would walk them all.
@@ -234,9 +261,13 @@ def bench_ledger(
             _drop_database(server_dsn, naive_dsn)
         ratio = sink["entries_per_s"] / naive["entries_per_s"]
         results.append({"sink": sink, "naive": naive, "ratio": ratio})
+        pg_cpu = "" if sink["postgres_cpu_s"] is None else (
+            f", PostgreSQL {sink['postgres_cpu_s']:.1f}"
+        )  # fmt: skip
         print(
             f"run {run}/{runs}: sink {sink['entries_per_s']:,.0f} entries/s "
-            f"({sink['entries']} in {sink['seconds']:.2f} s, {sink['batches']} batches); "
+            f"({sink['entries']} in {sink['seconds']:.2f} s, {sink['batches']} batches; "
+            f"CPU s: sink {sink['sink_cpu_s']:.1f}{pg_cpu}); "
             f"naive {naive['entries_per_s']:,.0f} entries/s ({naive['entries']} in "
             f"{naive['seconds']:.1f} s); ratio {ratio:.1f}x"
         )
