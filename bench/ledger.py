@@ -235,12 +235,24 @@ def bench_ledger(
     settings: Settings, entries: int, runs: int, accounts: int, naive_seconds: float,
     json_path: Path | None,
 ) -> dict[str, Any]:  # fmt: skip
-    from streams.ledger.db import database_dsn
+    from bench.pipeline import delete_topics
     from streams.topics import create_topics
 
     run_id = uuid.uuid4().hex[:6]
     settings = settings.replace(topic_prefix=f"bench-{run_id}.", app_id=f"paystream-bench-{run_id}")
     create_topics(settings)
+    try:
+        return _bench_runs(settings, entries, runs, accounts, naive_seconds, json_path)
+    finally:
+        delete_topics(settings, f"bench-{run_id}.")  # a broker kept for many runs stays lean
+
+
+def _bench_runs(
+    settings: Settings, entries: int, runs: int, accounts: int, naive_seconds: float,
+    json_path: Path | None,
+) -> dict[str, Any]:  # fmt: skip
+    from streams.ledger.db import database_dsn
+
     server_dsn = database_dsn(settings)
     transactions = generate_transactions(entries, accounts, seed=1, start_ms=1_767_225_600_000)
     entries = sum(len(tx["entries"]) for tx in transactions)  # odd counts round up
