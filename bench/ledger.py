@@ -5,13 +5,16 @@ database transaction per batch) against a naive writer that does what a first
 version usually does — one INSERT per entry, a balance UPSERT per entry, one
 commit per transaction. Each repetition writes into a fresh database.
 
-Back of the envelope (2 cores, broker and PostgreSQL on the same machine): decoding
-an Avro transaction with two entries costs ~15 µs and building its COPY rows ~5 µs,
-so Python alone allows ~100,000 entries/s on one core; PostgreSQL's COPY into a
-table with two indexes and a statement trigger runs at ~150,000-250,000 rows/s on
-the other. The naive writer pays a network round trip per statement (~50-100 µs
-over loopback) and an fsync per commit (~1 ms on this VM), so it cannot exceed
-~1,000-3,000 entries/s.
+Back of the envelope, from what this bench and the profiles in BENCHMARKS.md
+measured (2 cores, broker and PostgreSQL on the same machine): the sink's reading
+thread spends ~40 µs per transaction (~18 µs per entry) consuming, decoding,
+checking and building COPY rows, and PostgreSQL ~21 µs of CPU per entry for what
+the schema requires (the entry heap row, its two indexes, the balance check, the
+transaction row, accounts and balances). The two overlap, so the sink is bound by
+the slower one and by their sharing two cores: ~45,000 entries/s is an upper bound
+even with a free client, 50,000/s is not reachable on this machine. The naive writer
+pays a network round trip per statement (~50-100 µs over loopback) and an fsync per
+commit, so it cannot exceed ~1,000-3,000 entries/s.
 """
 
 from __future__ import annotations
