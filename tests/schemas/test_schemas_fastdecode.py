@@ -20,6 +20,7 @@ from schemas.catalog import SCHEMAS_DIR, load_schema_file, wire_schema
 from schemas.codec import HEADER_SIZE, TopicCodec, build_codecs
 from schemas.errors import DecodeError
 from schemas.fastdecode import Decoder, compile_decoder, decoder_source
+from tests.schemas.avro_strategies import avro_values
 from tests.schemas.test_schemas_properties import (
     CATALOG,
     CODECS,
@@ -245,7 +246,6 @@ KITCHEN_SINK = fastavro.parse_schema(
 
 def values_of(parsed: Any) -> st.SearchStrategy[Any]:
     """Valid values with long and non-ASCII strings, NaNs, and edge-of-range longs."""
-    names: dict[str, Any] = parsed.get("__named_schemas", {})
     text = st.text(max_size=90)  # past 63 bytes: two-byte lengths
     primitives: dict[str, st.SearchStrategy[Any]] = {
         "null": st.none(),
@@ -258,25 +258,7 @@ def values_of(parsed: Any) -> st.SearchStrategy[Any]:
         "bytes": st.binary(max_size=90),
     }
 
-    def build(schema: Any) -> st.SearchStrategy[Any]:
-        if isinstance(schema, str) and schema in names:
-            schema = names[schema]
-        if isinstance(schema, list):
-            return st.one_of([build(branch) for branch in schema])
-        kind = schema["type"] if isinstance(schema, dict) else schema
-        if kind == "record":
-            return st.fixed_dictionaries({f["name"]: build(f["type"]) for f in schema["fields"]})
-        if kind == "array":
-            return st.lists(build(schema["items"]), max_size=5)
-        if kind == "map":
-            return st.dictionaries(text, build(schema["values"]), max_size=5)
-        if kind == "enum":
-            return st.sampled_from(schema["symbols"])
-        if kind == "fixed":
-            return st.binary(min_size=schema["size"], max_size=schema["size"])
-        return primitives[kind]
-
-    return build(parsed)
+    return avro_values(parsed, primitives, text, 5)
 
 
 @PROPERTY_SETTINGS

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from schemas.catalog import SCHEMAS_DIR, TOPIC_SCHEMA_FILES, Catalog, load_schema_file, wire_schema
 from schemas.codec import Codecs, TopicCodec, build_codecs, sample_payment_request
 from schemas.errors import EncodeError, SchemaError
+from tests.schemas.avro_strategies import avro_values
 
 CODECS: Codecs = build_codecs()
 CATALOG = Catalog.load()
@@ -30,37 +31,17 @@ PROPERTY_SETTINGS = settings(
 
 def records_of(parsed: dict[str, Any]) -> st.SearchStrategy[Any]:
     """Values valid for a fastavro-parsed schema (integers in range, no NaN)."""
-    names: dict[str, Any] = parsed.get("__named_schemas", {})
-
-    def build(schema: Any) -> st.SearchStrategy[Any]:
-        if isinstance(schema, str) and schema in names:
-            schema = names[schema]
-        if isinstance(schema, list):
-            return st.one_of([build(branch) for branch in schema])
-        kind = schema["type"] if isinstance(schema, dict) else schema
-        if kind == "record":
-            return st.fixed_dictionaries({f["name"]: build(f["type"]) for f in schema["fields"]})
-        if kind == "array":
-            return st.lists(build(schema["items"]), max_size=COLLECTION_SIZE_MAX)
-        if kind == "map":
-            return st.dictionaries(TEXT, build(schema["values"]), max_size=COLLECTION_SIZE_MAX)
-        if kind == "enum":
-            return st.sampled_from(schema["symbols"])
-        if kind == "fixed":
-            return st.binary(min_size=schema["size"], max_size=schema["size"])
-        primitives: dict[str, st.SearchStrategy[Any]] = {
-            "null": st.none(),
-            "boolean": st.booleans(),
-            "int": st.integers(-(2**31), 2**31 - 1),
-            "long": st.integers(-(2**63), 2**63 - 1),
-            "float": st.floats(width=32, allow_nan=False),
-            "double": st.floats(allow_nan=False),
-            "string": TEXT,
-            "bytes": st.binary(max_size=24),
-        }
-        return primitives[kind]
-
-    return build(parsed)
+    primitives: dict[str, st.SearchStrategy[Any]] = {
+        "null": st.none(),
+        "boolean": st.booleans(),
+        "int": st.integers(-(2**31), 2**31 - 1),
+        "long": st.integers(-(2**63), 2**63 - 1),
+        "float": st.floats(width=32, allow_nan=False),
+        "double": st.floats(allow_nan=False),
+        "string": TEXT,
+        "bytes": st.binary(max_size=24),
+    }
+    return avro_values(parsed, primitives, TEXT, COLLECTION_SIZE_MAX)
 
 
 def strategy_for_topic(topic: str) -> st.SearchStrategy[Any]:
