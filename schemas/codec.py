@@ -7,17 +7,16 @@ Control plane and data plane are kept apart: :func:`build_codecs` loads, checks
 and parses every schema once (from ``schemas/catalog.json``, or by registering
 with a Confluent Schema Registry) and builds one :class:`TopicCodec` per
 logical topic; :meth:`TopicCodec.encode` and :meth:`TopicCodec.decode` then do
-only the per-message work: a header, a dict lookup, one fastavro call.
+only the per-message work: a header, a dict lookup, one call of a reader or writer
+specialised for the schema (:mod:`schemas.fastdecode`, :mod:`schemas.fastencode`),
+with fastavro behind both for anything they do not handle exactly.
 
 Back of the envelope (``python -m schemas.codec`` prints the measurement, next
-to bare fastavro calls on the same schema): fastavro's compiled reader and
-writer cost about 0.7-1 µs per field on the development VM, so the 14-field
-payment request is ~10-11 µs to encode and ~10 µs to decode on a quiet machine;
-this module adds well under 1 µs (the integer check) on top. At 20,000
-requests/s on 2 cores the budget is 100 µs of CPU per request for everything;
-one request decode plus the decision, ledger, notification and leg encodes is
-~50-60 µs of it. The codec cannot get much cheaper while it uses fastavro, so
-emitting fewer or smaller messages per request is the lever, not codec tweaks.
+to bare fastavro calls on the same schema): fastavro's generic reader and writer
+cost about 0.7-1 µs per field on the development VM, ~20 µs per payment request or
+two-entry ledger transaction; the specialised ones about half that or less. At 20,000
+requests/s on 2 cores the budget is 100 µs of CPU per request for everything, so
+emitting fewer or smaller messages per request remains the bigger lever.
 
 Two decisions the agents rely on:
 
