@@ -120,6 +120,8 @@ def _drop_database(server_dsn: str, dsn: str) -> None:
 def postgres_cpu_s() -> float | None:
     """CPU seconds used so far by every process named ``postgres*`` on this machine (a
     local server's backends and helpers), or None without a readable ``/proc``."""
+    from bench.measure import parse_proc_stat
+
     proc = Path("/proc")
     if not (proc / "self" / "stat").exists():
         return None
@@ -129,10 +131,8 @@ def postgres_cpu_s() -> float | None:
             text = stat.read_text()
         except OSError:
             continue  # the process ended meanwhile
-        name = text[text.index("(") + 1 : text.rindex(")")]
-        if name.startswith("postgres"):
-            fields = text[text.rindex(")") + 2 :].split()
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        if text.partition("(")[2].startswith("postgres"):
+            ticks += parse_proc_stat(text).ticks
     return ticks / os.sysconf("SC_CLK_TCK")
 
 

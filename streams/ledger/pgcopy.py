@@ -20,9 +20,10 @@ SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 TRAILER = struct.pack(">h", -1)
 NULL = struct.pack(">i", -1)
 
-_INT4 = struct.Struct(">ii").pack  # length 4, value
-_INT8 = struct.Struct(">iq").pack  # length 8, value
-_LENGTH = struct.Struct(">i").pack
+# Packers for callers that inline fields on a hot path (no range checks: struct.error).
+INT4_FIELD = struct.Struct(">ii").pack  # (4, value)
+INT8_FIELD = struct.Struct(">iq").pack  # (8, value)
+LENGTH = struct.Struct(">i").pack  # the length word before a variable-size value
 _FIELDS = struct.Struct(">h").pack
 _NUMERIC_HEADER = struct.Struct(">ihhhh").pack  # length, ndigits, weight, sign, dscale
 
@@ -45,30 +46,30 @@ def text(value: str) -> bytes:
     data = value.encode()
     if b"\x00" in data:
         raise ValueError(f"text {value[:40]!r} contains a NUL character")
-    return _LENGTH(len(data)) + data
+    return LENGTH(len(data)) + data
 
 
 def bytea(value: bytes) -> bytes:
-    return _LENGTH(len(value)) + value
+    return LENGTH(len(value)) + value
 
 
 def int4(value: int) -> bytes:
     if not _INT4_MIN <= value <= _INT4_MAX:
         raise ValueError(f"{value} does not fit a 32-bit integer")
-    return _INT4(4, value)
+    return INT4_FIELD(4, value)
 
 
 def int8(value: int) -> bytes:
     if not _INT8_MIN <= value <= _INT8_MAX:
         raise ValueError(f"{value} does not fit a 64-bit integer")
-    return _INT8(8, value)
+    return INT8_FIELD(8, value)
 
 
 def timestamptz_ms(epoch_ms: int) -> bytes:
     """Milliseconds since the Unix epoch as timestamptz (microseconds since 2000, UTC)."""
     if not _MS_MIN <= epoch_ms <= _MS_MAX:
         raise ValueError(f"timestamp {epoch_ms} ms is outside years 1-9999")
-    return _INT8(8, (epoch_ms - _PG_EPOCH_MS) * 1000)
+    return INT8_FIELD(8, (epoch_ms - _PG_EPOCH_MS) * 1000)
 
 
 _NUMERIC_CACHE: dict[str, bytes] = {}

@@ -46,10 +46,8 @@ _ROW_OF_5 = pgcopy.fields(5)
 _ROW_OF_8 = pgcopy.fields(8)
 _ROW_OF_10 = pgcopy.fields(10)
 _DIRECTIONS = {"DEBIT": pgcopy.text("DEBIT"), "CREDIT": pgcopy.text("CREDIT")}
-_LENGTH = struct.Struct(">i").pack
+_LENGTH, _INT4, _INT8 = pgcopy.LENGTH, pgcopy.INT4_FIELD, pgcopy.INT8_FIELD
 _ACCOUNT_TYPES = {kind: pgcopy.text(kind) for kind in ("customer", "external", "fx_clearing")}
-_INT4 = struct.Struct(">ii").pack  # length, value
-_INT8 = struct.Struct(">iq").pack
 _SOURCES: dict[str, bytes] = {}  # topic name -> its COPY field
 
 
