@@ -220,24 +220,32 @@ class LedgerWriter:
         """Write a batch :func:`plan` prepared (on any thread) exactly once."""
         import psycopg
 
-        result = WriteResult(duplicates=planned.duplicates, rejected=list(planned.rejected))
+        def fresh() -> WriteResult:  # each attempt counts from scratch: a rollback undoes it
+            return WriteResult(duplicates=planned.duplicates, rejected=list(planned.rejected))
+
         unique = planned.unique
         if not unique:
-            return result
+            return fresh()
         for attempt in range(1, UNIQUE_RACE_RETRIES_MAX + 1):
             try:
                 self._ensure_partitions(conn, unique)
                 with conn.transaction():
-                    return self._write_batch(conn, unique, result, planned)
+                    return self._write_batch(conn, unique, fresh(), planned)
             except psycopg.errors.UniqueViolation:
                 # Another writer (a replay, a sink that lost its partitions) got there first.
                 self._known_accounts.clear()
                 log.info("ledger batch raced another writer (attempt %d); retrying", attempt)
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
+                # A deadlock or serialization failure with a concurrent writer: PostgreSQL
+                # rolled the batch back and it can simply run again.
+                self._known_accounts.clear()
+                log.warning("ledger batch rolled back by PostgreSQL (%s; attempt %d); retrying",
+                            str(exc).strip().splitlines()[0], attempt)  # fmt: skip
             except (psycopg.errors.IntegrityError, psycopg.DataError, BalanceOverflow) as exc:
                 self._known_accounts.clear()
                 log.warning("ledger batch refused (%s); writing one by one", exc)
-                return self._write_one_by_one(conn, unique, result)
-        return self._write_one_by_one(conn, unique, result)
+                return self._write_one_by_one(conn, unique, fresh())
+        return self._write_one_by_one(conn, unique, fresh())
 
     def _write_batch(
         self, conn: Any, batch: list[SourcedTransaction], result: WriteResult,

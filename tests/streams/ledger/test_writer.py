@@ -172,3 +172,43 @@ def test_two_writers_racing_on_the_same_batch_write_it_once(ledger_dsn: str) -> 
     with psycopg.connect(ledger_dsn) as conn:
         assert stored_balances(conn) == net_balances([s.tx for s in batch])
         assert check_balances(conn) == []
+
+
+def test_concurrent_writers_on_overlapping_batches_keep_balances_exact(ledger_dsn: str) -> None:
+    # The sink's writers: separate connections, batches in flight at once that share
+    # hot accounts, create the same new accounts, and repeat each other's edges.
+    everything = []
+    for i in range(6000):
+        t = tx(f"o{i}:payment", (f"c{i % 900}", "DEBIT", 100 + i, "EUR"),
+               (f"m{i % 5}", "CREDIT", 100 + i, "EUR"))  # fmt: skip
+        t["posted_at_ms"] = JAN_2026_MS + i * 1000
+        everything.append(t)
+    batches = [
+        [sourced(t, i) for i, t in enumerate(everything[start : start + 250], start)]
+        for start in range(0, 6000, 200)
+    ]
+    results: list[Any] = []
+    errors: list[BaseException] = []
+
+    def write(mine: list[list[SourcedTransaction]]) -> None:
+        try:
+            writer = LedgerWriter()
+            with psycopg.connect(ledger_dsn, autocommit=True) as conn:
+                for batch in mine:
+                    results.append(writer.write(conn, batch))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(batches[k::2],)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    assert sum(r.written for r in results) == 6000
+    assert sum(r.duplicates for r in results) == 50 * (len(batches) - 1)
+    assert all(r.rejected == [] for r in results)
+    with psycopg.connect(ledger_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM ledger_entries").fetchone() == (12_000,)
+        assert stored_balances(conn) == net_balances(everything)
+        assert check_transactions(conn) == [] and check_balances(conn) == []
