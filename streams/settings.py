@@ -18,6 +18,8 @@ from typing import Any
 ENV_PREFIX = "PAYSTREAM_"
 # Variables the test session reads (e.g. PAYSTREAM_TEST_BROKERS); not settings.
 TEST_ENV_PREFIX = "PAYSTREAM_TEST_"
+# More concurrent ledger batches than this only queue behind row locks on shared balances.
+LEDGER_WRITERS_MAX = 8
 
 
 class SettingsError(ValueError):
@@ -119,6 +121,12 @@ class Settings:
     ledger_batch_within_ms: int = field(
         default=200,
         metadata={"doc": "Ledger sink: longest it waits to fill a batch, in milliseconds."},
+    )
+    ledger_writers: int = field(
+        default=2,
+        metadata={
+            "doc": "Ledger sink: batches written at once, each on its own database connection."
+        },
     )
     ledger_backoff_max_s: int = field(
         default=30,
@@ -247,6 +255,10 @@ def _validate(settings: Settings) -> None:
         raise SettingsError(f"PAYSTREAM_PARTITIONS={settings.partitions}: must be at least 1")
     if settings.ledger_batch_entries_max < 2:
         raise SettingsError("PAYSTREAM_LEDGER_BATCH_ENTRIES_MAX must be at least 2")
+    if not 1 <= settings.ledger_writers <= LEDGER_WRITERS_MAX:
+        raise SettingsError(
+            f"PAYSTREAM_LEDGER_WRITERS={settings.ledger_writers}: must be 1 to {LEDGER_WRITERS_MAX}"
+        )
     if settings.ledger_backoff_max_s < 1:
         raise SettingsError("PAYSTREAM_LEDGER_BACKOFF_MAX_S must be at least 1")
     review, decline = settings.fraud_review_threshold, settings.fraud_decline_threshold

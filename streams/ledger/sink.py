@@ -1,12 +1,17 @@
 """``paystream ledger-sink``: ledger.entries -> PostgreSQL, batched, idempotent, outage-proof.
 
-One loop, one thread: collect up to ``ledger_batch_entries_max`` entries or
-``ledger_batch_within_ms``, decode and check them (a bad one becomes a dead letter
-with its reason), write the batch in one database transaction
-(:class:`~streams.ledger.writer.LedgerWriter`), flush the dead letters, and only
-then commit the consumer offsets. A crash anywhere before the commit re-reads the
-batch, and rewriting it changes nothing (transaction ids are the primary key and a
-redelivery must match the stored fingerprint).
+One loop collects a batch (up to ``ledger_batch_entries_max`` entries, held at most
+``ledger_batch_within_ms``, shipped at once when a writer is free), decodes and
+checks it (a bad message becomes a dead letter with its reason), and hands it to
+one of ``ledger_writers`` writer threads, each writing a batch in one database
+transaction on its own connection (:class:`~streams.ledger.writer.LedgerWriter`).
+Batches in flight at once share hot balance rows; PostgreSQL's row locks order
+those updates; rows are locked in sorted order, so writers do not deadlock (a
+deadlock PostgreSQL did report would roll the batch back, and it is retried).
+Dead letters are flushed and offsets committed in batch order, each only after its
+batch and every earlier one are in the database. A crash anywhere before the
+commit re-reads the batch, and rewriting it changes nothing (transaction ids are
+the primary key and a redelivery must match the stored fingerprint).
 
 While PostgreSQL is unreachable the sink keeps the batch it holds, pauses its
 partitions (still polling, so it stays in the consumer group), logs, and retries
@@ -21,6 +26,7 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -43,6 +49,10 @@ REPORT_EVERY_S = 10.0
 DLQ_FLUSH_TIMEOUT_S = 30.0
 CONSUME_MESSAGES_MAX = 10_000
 AWAIT_POLL_S = 0.5
+# How often collecting looks at whether the writer has become free.
+COLLECT_SLICE_S = 0.02
+# Longest a collect waits when nothing arrives (then the loop checks stop and idleness).
+IDLE_POLL_S = 0.2
 
 
 @dataclass
@@ -125,13 +135,15 @@ class BatchWriter:
 
         self.settings = settings
         self.codec: Codecs = load_codec(settings.schema_registry_url)
-        self.writer = LedgerWriter()
+        # One writer (and its caches) per writing thread: a writer's caches may run
+        # ahead of its own open database transaction, which only its thread sees.
+        self._writers = threading.local()
         self.stats = SinkStats()
         self.dsn = dsn or database_dsn(settings)
         self.pool = ConnectionPool(
             self.dsn,
             min_size=1,
-            max_size=1,
+            max_size=settings.ledger_writers,
             open=False,
             kwargs={"autocommit": True},
             check=ConnectionPool.check_connection,
@@ -142,7 +154,16 @@ class BatchWriter:
         self._dlq = Producer(producer_config(settings))
         self._dlq_failures: list[str] = []
         self._t_dlq = settings.topic(names.DLQ)
-        self._lock = threading.Lock()  # the sink writes on a thread while it decodes
+        self._lock = threading.Lock()  # the sink writes on threads while it decodes
+        self._down_since: float | None = None  # PostgreSQL unreachable since (any writer saw it)
+
+    @property
+    def writer(self) -> LedgerWriter:
+        """This thread's writer."""
+        writer: LedgerWriter | None = getattr(self._writers, "writer", None)
+        if writer is None:
+            writer = self._writers.writer = LedgerWriter()
+        return writer
 
     def close(self) -> None:
         self.pool.close()
@@ -245,32 +266,41 @@ class BatchWriter:
         """Run ``action(conn)``; while the database is unavailable, back off and retry."""
         errors = unavailable_errors()
         delay = BACKOFF_INITIAL_S
-        down_since: float | None = None
         while True:
             try:
                 with self.pool.connection(timeout=POOL_CHECKOUT_TIMEOUT_S) as conn:
                     result = action(conn)
             except errors as exc:
                 self.writer.forget()
-                if down_since is None:
-                    down_since = time.monotonic()
-                    self.stats.outages += 1
+                with self._lock:  # one outage, however many writers run into it
+                    if self._down_since is None:
+                        self._down_since = time.monotonic()
+                        self.stats.outages += 1
+                    self.stats.retries += 1
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
                 log.warning(
                     "ledger sink: PostgreSQL unavailable while %s (%s); retrying in %.1f s",
                     what, reason, delay,
                 )  # fmt: skip
-                self.stats.retries += 1
                 if not wait(delay):
-                    self.stats.outage_s += time.monotonic() - down_since
+                    self._back_up(stopping=True)
                     return None
                 delay = min(delay * 2, float(self.settings.ledger_backoff_max_s))
                 continue
-            if down_since is not None:
-                outage = time.monotonic() - down_since
-                self.stats.outage_s += outage
-                log.warning("ledger sink: PostgreSQL is back after %.1f s; resuming", outage)
+            if self._down_since is not None:
+                self._back_up(stopping=False)
             return result
+
+    def _back_up(self, stopping: bool) -> None:
+        """End the outage in progress (if another writer has not already)."""
+        with self._lock:
+            if self._down_since is None:
+                return
+            outage = time.monotonic() - self._down_since
+            self._down_since = None
+            self.stats.outage_s += outage
+        if not stopping:
+            log.warning("ledger sink: PostgreSQL is back after %.1f s; resuming", outage)
 
     def _dead_letter(self, msg: Any, error_class: str, error: str) -> None:
         log.warning(
@@ -314,16 +344,20 @@ class BatchWriter:
 class LedgerSink:
     """The consumer-group loop around :class:`BatchWriter`."""
 
-    def __init__(self, settings: Settings, dsn: str | None = None, group_id: str | None = None):
+    def __init__(
+        self, settings: Settings, dsn: str | None = None, group_id: str | None = None,
+        *, consumer: Any = None, batches: BatchWriter | None = None,
+    ) -> None:  # fmt: skip
+        """``consumer`` and ``batches`` replace the real ones in unit tests."""
         from confluent_kafka import Consumer
 
         self.settings = settings
         self.topic = settings.topic(names.LEDGER)
         self.group_id = group_id or f"{settings.app_id}-ledger-sink"
-        self.batches = BatchWriter(settings, dsn)
+        self.batches = batches or BatchWriter(settings, dsn)
         self.stop = threading.Event()
         self._paused = False
-        self.consumer = Consumer(
+        self.consumer = consumer or Consumer(
             {
                 "bootstrap.servers": settings.brokers,
                 "group.id": self.group_id,
@@ -350,29 +384,36 @@ class LedgerSink:
         log.info("ledger sink: consuming %s as group %s", self.topic, self.group_id)
         last_report = last_data = time.monotonic()
         reported = 0
-        # Pipelined: batch N is written on a thread (psycopg releases the GIL while the
-        # database works) while batch N+1 is read and decoded; N's offsets are committed
-        # only after N is in the database.
-        executor = ThreadPoolExecutor(1, thread_name_prefix="ledger-writer")
-        inflight: tuple[Future[bool], list[Any]] | None = None
+        # Pipelined: up to ``ledger_writers`` batches are written at once, each on its
+        # own thread and connection (psycopg releases the GIL while the database works),
+        # while the next is read and decoded. Offsets are committed in batch order and
+        # only after the batch is in the database: a later batch's offsets would also
+        # cover an earlier one's messages in the same partitions.
+        writers = self.settings.ledger_writers
+        executor = ThreadPoolExecutor(writers, thread_name_prefix="ledger-writer")
+        inflight: deque[tuple[Future[bool], list[Any]]] = deque()
+        settled = True
         try:
-            while not self.stop.is_set():
-                messages = self._collect()
+            while settled and not self.stop.is_set():
+                messages = self._collect(inflight)
                 prepared = self.batches.prepare(messages) if messages else None
                 now = time.monotonic()
-                if inflight is not None:
-                    if not self._settle(*inflight):
-                        inflight = None
-                        break
-                    inflight = None
-                    if until_entries is not None and self.stats.entries >= until_entries:
-                        break
+                while (
+                    settled
+                    and inflight
+                    and (inflight[0][0].done() or (messages and len(inflight) >= writers))
+                ):
+                    settled = self._settle(*inflight.popleft())
+                if not settled or (
+                    until_entries is not None and self.stats.entries >= until_entries
+                ):
+                    break
                 if messages:
                     last_data = now
                     assert prepared is not None
                     future = executor.submit(self.batches.write, prepared, self._sleep)
-                    inflight = (future, messages)
-                elif idle_exit_s is not None and now - last_data > idle_exit_s:
+                    inflight.append((future, messages))
+                elif not inflight and idle_exit_s is not None and now - last_data > idle_exit_s:
                     break
                 if now - last_report > REPORT_EVERY_S and self.stats.entries != reported:
                     rate = (self.stats.entries - reported) / (now - last_report)
@@ -383,8 +424,8 @@ class LedgerSink:
                         self.stats.duplicates, self.stats.dead_letters,
                     )  # fmt: skip
                     last_report, reported = now, self.stats.entries
-            if inflight is not None:
-                self._settle(*inflight)
+            while settled and inflight:
+                settled = self._settle(*inflight.popleft())
         finally:
             executor.shutdown(wait=True)
             tuning.restore()
@@ -422,18 +463,38 @@ class LedgerSink:
             if paused:
                 self._resume()
 
-    def _collect(self) -> list[Any]:
-        """Up to the batch bound of entries, or whatever arrived within the batch time."""
+    def _collect(self, inflight: deque[tuple[Future[bool], list[Any]]]) -> list[Any]:
+        """The next batch: up to the batch bound of entries, held no longer than the
+        batch time, and shipped at once when a writer is free.
+
+        While every writer is busy with a batch in ``inflight``, messages pile up towards
+        a full batch; when one is free there is no reason to wait, so what has arrived
+        goes now. Under load batches grow to the bound; when traffic is light each goes
+        out at once (group commit). With nothing to read, this returns as soon as the
+        oldest batch in flight is written, so that its offsets are committed promptly.
+        """
+        writers = self.settings.ledger_writers
         entries_max = self.settings.ledger_batch_entries_max
         within_s = self.settings.ledger_batch_within_ms / 1000
         messages: list[Any] = []
         entries_estimate = 0
-        deadline: float | None = None
+        started = time.monotonic()
+        deadline = started + within_s
         while entries_estimate < entries_max and not self.stop.is_set():
-            timeout = 0.2 if deadline is None else deadline - time.monotonic()
-            if timeout <= 0:
+            oldest_done = bool(inflight) and inflight[0][0].done()
+            now = time.monotonic()
+            if messages:
+                # A writer is free: take what is already here and go.
+                free = oldest_done or len(inflight) < writers
+                timeout = 0.0 if free else min(COLLECT_SLICE_S, deadline - now)
+            elif oldest_done:
+                break  # a written batch is waiting for its offsets to be committed
+            else:
+                timeout = min(COLLECT_SLICE_S, started + IDLE_POLL_S - now)
+            if timeout < 0:
                 break
             room = max(1, min(CONSUME_MESSAGES_MAX, (entries_max - entries_estimate) // 2))
+            first = not messages
             for msg in self.consumer.consume(room, timeout):
                 error = msg.error()
                 if error is not None:
@@ -446,9 +507,9 @@ class LedgerSink:
                     self.stats.first_message_at = time.monotonic()
                 # Most transactions carry two entries; the exact count is known after decoding.
                 entries_estimate += 2
-            if messages and deadline is None:
+            if first and messages:
                 deadline = time.monotonic() + within_s
-            if not messages and deadline is None:
+            if messages and timeout == 0.0:
                 break
         return messages
 

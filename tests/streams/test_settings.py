@@ -24,6 +24,10 @@ def test_values_are_parsed_and_validated() -> None:
         load_settings({"PAYSTREAM_PARTITION": "4"})
     with pytest.raises(SettingsError, match="3-letter"):
         load_settings({"PAYSTREAM_CURRENCIES": "EURO"})
+    assert load_settings({"PAYSTREAM_LEDGER_WRITERS": "8"}).ledger_writers == 8
+    for writers in ("0", "9"):
+        with pytest.raises(SettingsError, match=f"PAYSTREAM_LEDGER_WRITERS={writers}: must be 1"):
+            load_settings({"PAYSTREAM_LEDGER_WRITERS": writers})
 
 
 def test_test_session_variables_are_not_settings() -> None:
