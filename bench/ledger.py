@@ -36,6 +36,8 @@ NAIVE_SECONDS_DEFAULT = 15.0
 DAY_MS = 86_400_000
 FX_SHARE = 0.1
 MERCHANT_PER_CUSTOMERS = 100
+# The host calibration loop: a few tenths of a second; larger means a slower host.
+HOST_LOOP_ITERATIONS = 5_000_000
 
 
 def generate_transactions(entries: int, accounts: int, seed: int, start_ms: int) -> list[dict]:
@@ -134,6 +136,19 @@ def postgres_cpu_s() -> float | None:
         if text.partition("(")[2].startswith("postgres"):
             ticks += parse_proc_stat(text).ticks
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def host_loop_s() -> float:
+    """Seconds a fixed pure-Python loop takes right now. The shared host's speed drifts
+    (up to ~2x over minutes), so each run records it beside its figures."""
+    start = time.perf_counter()
+    total = 0
+    for i in range(HOST_LOOP_ITERATIONS):
+        total += i
+    elapsed = time.perf_counter() - start
+    if total != HOST_LOOP_ITERATIONS * (HOST_LOOP_ITERATIONS - 1) // 2:
+        raise RuntimeError("bench: the host calibration loop miscounted")
+    return elapsed
 
 
 def run_sink(settings: Settings, dsn: str, entries: int) -> dict[str, Any]:
@@ -269,13 +284,14 @@ def _bench_runs(
         sink_dsn = _fresh_database(server_dsn, "sink")
         naive_dsn = _fresh_database(server_dsn, "naive")
         try:
+            host_s = host_loop_s()
             sink = run_sink(settings, sink_dsn, entries)
             naive = run_naive(settings, naive_dsn, naive_seconds)
         finally:
             _drop_database(server_dsn, sink_dsn)
             _drop_database(server_dsn, naive_dsn)
         ratio = sink["entries_per_s"] / naive["entries_per_s"]
-        results.append({"sink": sink, "naive": naive, "ratio": ratio})
+        results.append({"sink": sink, "naive": naive, "ratio": ratio, "host_loop_s": host_s})
         pg_cpu = "" if sink["postgres_cpu_s"] is None else (
             f", PostgreSQL {sink['postgres_cpu_s']:.1f}"
         )  # fmt: skip
@@ -284,7 +300,7 @@ def _bench_runs(
             f"({sink['entries']} in {sink['seconds']:.2f} s, {sink['batches']} batches; "
             f"CPU s: sink {sink['sink_cpu_s']:.1f}{pg_cpu}); "
             f"naive {naive['entries_per_s']:,.0f} entries/s ({naive['entries']} in "
-            f"{naive['seconds']:.1f} s); ratio {ratio:.1f}x"
+            f"{naive['seconds']:.1f} s); ratio {ratio:.1f}x; host loop {host_s:.2f} s"
         )
     summary = {
         "benchmark": "ledger",
@@ -298,6 +314,9 @@ def _bench_runs(
         ),
         "median_ratio": statistics.median(r["ratio"] for r in results),
         "batch_entries_max": settings.ledger_batch_entries_max,
+        "ledger_writers": settings.ledger_writers,
+        "median_host_loop_s": statistics.median(r["host_loop_s"] for r in results),
+        "host_loop_iterations": HOST_LOOP_ITERATIONS,
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),

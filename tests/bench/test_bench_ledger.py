@@ -53,6 +53,7 @@ def test_a_small_bench_writes_everything_and_reports_both_writers(
     [run] = summary["runs"]
     assert summary["entries"] == run["sink"]["entries"] == 3002 and run["sink"]["entries_per_s"] > 0
     assert run["sink"]["sink_cpu_s"] > 0
+    assert run["host_loop_s"] > 0 and summary["median_host_loop_s"] == run["host_loop_s"]
     assert run["naive"]["entries"] > 0 and run["ratio"] > 0
     assert json.loads(out.read_text()) == summary
     if not type(postgres_server).__name__.startswith("External"):
