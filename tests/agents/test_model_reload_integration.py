@@ -8,6 +8,7 @@ import json
 import threading
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,11 @@ def trained_versions(registry: Registry) -> tuple[Any, Any]:
         params=HGBParams(learning_rate=0.2, max_iter=30, early_stopping=False),
     )  # fmt: skip
     good, _ = train_and_register(data, config, registry, truth=sim.is_fraud)
-    time.sleep(0.01)  # distinct version names
-    bad, _ = train_and_register(data, config, registry, truth=sim.is_fraud)
+    # A different model, so a different artifact digest and version name: the same one
+    # registered again within the same second is refused as already registered.
+    other = replace(config, params=replace(config.params, max_iter=31))
+    bad, _ = train_and_register(data, other, registry, truth=sim.is_fraud)
+    assert bad.version != good.version
     artifact = bad.artifact_path
     raw = bytearray(artifact.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
