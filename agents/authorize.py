@@ -17,7 +17,7 @@ from faust.types import TP
 
 from agents.fraud import FraudStage
 from agents.model_watch import ModelWatcher
-from agents.offsets import RESEEK_AFTER_S, OffsetGuard, Verdict
+from agents.offsets import RESEEK_AFTER_S, STALL_AFTER_S, OffsetGuard, Verdict
 from agents.pipeline import (
     AccountStates,
     FxRatesView,
@@ -106,7 +106,7 @@ async def _watch_models() -> None:
 
 
 # The next offset to process per partition (agents/offsets.py); both agents share it.
-offset_guard = OffsetGuard()
+offset_guard: OffsetGuard[TP] = OffsetGuard()
 
 
 @app.on_partitions_revoked.connect
@@ -167,6 +167,7 @@ async def _admitted(events: list[faust.EventT]) -> list[faust.EventT]:
     """The events to process now: for each partition we own, only its next offset."""
     consumer = app.consumer
     assignment = consumer.assignment()
+    now = asyncio.get_running_loop().time()
     admitted = []
     for event in events:
         message = event.message
@@ -174,6 +175,7 @@ async def _admitted(events: list[faust.EventT]) -> list[faust.EventT]:
         if message.generation_id != app.consumer_generation_id or tp not in assignment:
             log.info("%s@%d: dropped, read before the partitions moved", tp, message.offset)
             continue
+        offset_guard.arrived(tp, now)
         if offset_guard.expecting(tp) is None:
             await _begin(tp)
             if offset_guard.expecting(tp) is None:  # partitions moved while we asked
@@ -251,20 +253,48 @@ async def _flush_state_then_outputs(held: list[HeldOutput]) -> None:
 _queues: list[asyncio.Queue[faust.EventT]] = []
 
 
-@app.timer(interval=RESEEK_AFTER_S)
-async def _reseek_unfilled_gaps() -> None:
-    """Seek again over gaps a first seek did not fill (see OffsetGuard.overdue)."""
-    assignment = app.consumer.assignment()
-    for tp, offset in offset_guard.overdue(asyncio.get_running_loop().time()):
-        if tp in assignment:
-            log.warning("%s: offset %d still missing: seeking back to it again", tp, offset)
-            try:
-                await app.consumer.seek(tp, offset)
-            except Exception as exc:  # next tick
-                log.warning("%s: could not seek back (%r); will try again", tp, exc)
+async def _watch_partitions(topic: str) -> None:
+    """Every ``RESEEK_AFTER_S``, seek again the partitions of ``topic`` that stopped short.
+
+    Run by each batching agent itself, not as a faust timer: faust starts app timers
+    only once the worker is ready, while the agents take events before that, and the
+    kill -9 test once stalled with a gap sought back over and never sought again.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(RESEEK_AFTER_S)
+        try:
+            await _unstall(topic, loop.time())
+        except Exception as exc:  # the consumer restarting, partitions moving: next tick
+            log.warning("%s: could not check for stalled partitions (%r)", topic, exc)
 
 
-async def _batches(stream: Any, handle: Callable[[list[Message]], list[HeldOutput]]) -> None:
+async def _unstall(topic: str, now: float) -> None:
+    """Seek over unfilled gaps (OffsetGuard.overdue) and stalled partitions (.stalled)."""
+    consumer = app.consumer
+    mine = {tp for tp in consumer.assignment() if tp.topic == topic}
+    for tp, offset in offset_guard.overdue(now, mine):
+        log.warning("%s: offset %d still missing: seeking back to it again", tp, offset)
+        await _seek(tp, offset)
+    ends = {tp: end for tp in mine if (end := consumer.highwater(tp)) is not None}
+    for tp, offset in offset_guard.stalled(now, ends):
+        log.warning(
+            "%s: no event read for %.0f s while offsets %d..%d wait: seeking to %d",
+            tp, STALL_AFTER_S, offset, ends[tp] - 1, offset,
+        )  # fmt: skip
+        await _seek(tp, offset)
+
+
+async def _seek(tp: TP, offset: int) -> None:
+    try:
+        await app.consumer.seek(tp, offset)
+    except Exception as exc:  # next tick
+        log.warning("%s: could not seek to %d (%r); will try again", tp, offset, exc)
+
+
+async def _batches(
+    stream: Any, topic: str, handle: Callable[[list[Message]], list[HeldOutput]]
+) -> None:
     """Read events one by one (acks off), process them in batches, ack after the flush.
 
     Not ``stream.take_events``: with a batch body that awaits (our flush), faust
@@ -282,6 +312,7 @@ async def _batches(stream: Any, handle: Callable[[list[Message]], list[HeldOutpu
             await queue.put(event)
 
     reader = asyncio.ensure_future(pump())
+    watchdog = asyncio.ensure_future(_watch_partitions(topic))
     try:
         while True:
             batch = [await queue.get()]
@@ -305,17 +336,18 @@ async def _batches(stream: Any, handle: Callable[[list[Message]], list[HeldOutpu
                 event.ack()
     finally:
         reader.cancel()
+        watchdog.cancel()
         _queues.remove(queue)
 
 
 @app.agent(requests_topic, name="authorize")
 async def authorize(stream: Any) -> None:
-    await _batches(stream, processor.process_requests)
+    await _batches(stream, requests_topic.get_topic_name(), processor.process_requests)
 
 
 @app.agent(legs_topic, name="legs")
 async def credit_legs(stream: Any) -> None:
-    await _batches(stream, processor.process_legs)
+    await _batches(stream, legs_topic.get_topic_name(), processor.process_legs)
 
 
 @app.agent(fx_rates_topic, name="fx")

@@ -91,7 +91,7 @@ def test_ten_thousand_requests_one_effective_decision_each_and_balances_match_po
         )
         elapsed = time.monotonic() - started
         missing = distinct - {d["request_id"] for d in decisions}
-        assert not missing, f"{len(missing)} requests undecided; worker log:\n{worker.log_tail()}"
+        assert not missing, f"{len(missing)} requests undecided; worker log:\n{worker.log_digest()}"
 
         # Exactly one effective decision per request: duplicates, if any, are identical.
         by_request: dict[str, dict[str, Any]] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agents.offsets import RESEEK_AFTER_S, OffsetGuard, Verdict
+from agents.offsets import RESEEK_AFTER_S, STALL_AFTER_S, OffsetGuard, Verdict
 
 
 def test_admits_contiguous_offsets_from_the_start() -> None:
@@ -99,3 +99,54 @@ def test_no_gap_is_overdue_after_a_reset() -> None:
     guard.should_seek("p", 0.0)
     guard.reset()
     assert guard.overdue(100.0) == []
+
+
+def test_overdue_can_be_limited_to_some_partitions() -> None:
+    guard = OffsetGuard()
+    for partition in ("a", "b"):
+        guard.begin(partition, 5)
+        guard.admit(partition, 9)
+        guard.should_seek(partition, 0.0)
+    assert guard.overdue(RESEEK_AFTER_S, ["b"]) == [("b", 5)]
+    assert guard.overdue(RESEEK_AFTER_S, ["b"]) == []  # just sought again
+    assert guard.overdue(RESEEK_AFTER_S) == [("a", 5)]
+
+
+def test_a_partition_with_waiting_records_and_no_events_has_stalled() -> None:
+    guard = OffsetGuard()
+    guard.begin("p", 40)
+    guard.arrived("p", 100.0)
+    assert guard.admit("p", 40) is Verdict.PROCESS
+    ends = {"p": 60}  # offsets 41..59 are on the broker, none arrives
+    assert guard.stalled(100.0 + STALL_AFTER_S - 1, ends) == []
+    assert guard.stalled(100.0 + STALL_AFTER_S, ends) == [("p", 41)]
+    assert guard.stalled(100.0 + STALL_AFTER_S + 1, ends) == []  # just sought
+    assert guard.stalled(100.0 + 2 * STALL_AFTER_S, ends) == [("p", 41)]
+
+
+def test_a_partition_read_to_its_end_or_still_reading_has_not_stalled() -> None:
+    guard = OffsetGuard()
+    guard.begin("done", 7)
+    guard.begin("busy", 3)
+    guard.arrived("done", 0.0)
+    guard.arrived("busy", 0.0)
+    assert guard.stalled(100.0, {"done": 7}) == []  # nothing after the expected offset
+    guard.arrived("busy", 99.0)
+    assert guard.stalled(100.0, {"busy": 50}) == []  # events keep arriving
+
+
+def test_stalls_need_a_begun_partition_and_start_their_clock_on_first_sight() -> None:
+    guard = OffsetGuard()
+    assert guard.stalled(0.0, {"unbegun": 10}) == []  # its committed offset is unknown
+    guard.begin("p", 2)
+    assert guard.stalled(50.0, {"p": 10}) == []  # never seen arriving: the clock starts
+    assert guard.stalled(50.0 + STALL_AFTER_S, {"p": 10}) == [("p", 2)]
+
+
+def test_a_reset_forgets_arrivals() -> None:
+    guard = OffsetGuard()
+    guard.begin("p", 2)
+    guard.arrived("p", 0.0)
+    guard.reset()
+    guard.begin("p", 2)
+    assert guard.stalled(100.0, {"p": 10}) == []  # a fresh clock, not the old arrival

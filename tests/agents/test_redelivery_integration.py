@@ -69,7 +69,7 @@ def test_kill_9_mid_stream_then_a_new_worker_finishes_with_every_invariant_intac
                 for d in decisions:
                     if d["request_id"] == req["payment_id"]:
                         print("  ORIGINAL", d)
-        assert not missing, f"{len(missing)} undecided {dict(kinds)}:\n{second.log_tail()}"
+        assert not missing, f"{len(missing)} undecided {dict(kinds)}:\n{second.log_digest()}"
 
         # Invariant 3: one effective decision per request; duplicates are identical.
         first_seen: dict[str, dict[str, Any]] = {}

@@ -67,6 +67,19 @@ class Worker:
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])
 
+    def log_digest(self, lines: int = 40) -> str:
+        """For a failure message: the log's warnings and errors, where each partition
+        began, how recovery went, then its tail (CI keeps only what a test prints)."""
+        text = self.log_path.read_text(errors="replace").splitlines()
+        marks = ("[WARNING]", "[ERROR]", "[CRITICAL]", "processing from", "Recovery]", "Ready")
+        notable = [line for line in text if any(mark in line for mark in marks)]
+        return "\n".join(
+            [f"--- {self.log_path.name}: {len(notable)} notable lines (last 120)"]
+            + notable[-120:]
+            + [f"--- last {lines} lines"]
+            + text[-lines:]
+        )
+
 
 @contextmanager
 def running_worker(settings: Settings, web_port: int | None = None) -> Iterator[Worker]:
@@ -167,7 +180,7 @@ def read_topic(
                 break
             if worker is not None and worker.process.poll() is not None:
                 raise AssertionError(
-                    f"worker exited ({worker.process.returncode}):\n{worker.log_tail()}"
+                    f"worker exited ({worker.process.returncode}):\n{worker.log_digest()}"
                 )
             if until is None and time.monotonic() > deadline - timeout_s + 5:
                 break
