@@ -261,6 +261,8 @@ async def _watch_partitions(topic: str) -> None:
     kill -9 test once stalled with a gap sought back over and never sought again.
     """
     loop = asyncio.get_running_loop()
+    log.info("%s: re-seeking gaps and stalled partitions every %.0f s (stalled: no event "
+             "for %.0f s)", topic, RESEEK_AFTER_S, STALL_AFTER_S)  # fmt: skip
     while True:
         await asyncio.sleep(RESEEK_AFTER_S)
         try:

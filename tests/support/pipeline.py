@@ -74,10 +74,12 @@ class Worker:
         marks = ("[WARNING]", "[ERROR]", "[CRITICAL]", "processing from", "Recovery]", "Ready")
         notable = [line for line in text if any(mark in line for mark in marks)]
         return "\n".join(
-            [f"--- {self.log_path.name}: {len(notable)} notable lines (last 120)"]
-            + notable[-120:]
-            + [f"--- last {lines} lines"]
-            + text[-lines:]
+            [
+                f"--- {self.log_path.name}: {len(notable)} notable lines (last 120)",
+                *notable[-120:],
+                f"--- last {lines} lines",
+                *text[-lines:],
+            ]
         )
 
 
