@@ -167,7 +167,6 @@ async def _admitted(events: list[faust.EventT]) -> list[faust.EventT]:
     """The events to process now: for each partition we own, only its next offset."""
     consumer = app.consumer
     assignment = consumer.assignment()
-    now = asyncio.get_running_loop().time()
     admitted = []
     for event in events:
         message = event.message
@@ -175,7 +174,6 @@ async def _admitted(events: list[faust.EventT]) -> list[faust.EventT]:
         if message.generation_id != app.consumer_generation_id or tp not in assignment:
             log.info("%s@%d: dropped, read before the partitions moved", tp, message.offset)
             continue
-        offset_guard.arrived(tp, now)
         if offset_guard.expecting(tp) is None:
             await _begin(tp)
             if offset_guard.expecting(tp) is None:  # partitions moved while we asked
@@ -253,7 +251,7 @@ async def _flush_state_then_outputs(held: list[HeldOutput]) -> None:
 _queues: list[asyncio.Queue[faust.EventT]] = []
 
 
-async def _watch_partitions(topic: str) -> None:
+async def _watch_partitions(topic: str, queue: asyncio.Queue[faust.EventT]) -> None:
     """Every ``RESEEK_AFTER_S``, seek again the partitions of ``topic`` that stopped short.
 
     Run by each batching agent itself, not as a faust timer: faust starts app timers
@@ -265,6 +263,8 @@ async def _watch_partitions(topic: str) -> None:
              "for %.0f s)", topic, RESEEK_AFTER_S, STALL_AFTER_S)  # fmt: skip
     while True:
         await asyncio.sleep(RESEEK_AFTER_S)
+        if queue.full():  # the agent is behind (or blocked): silence here is not a stall
+            continue
         try:
             await _unstall(topic, loop.time())
         except Exception as exc:  # the consumer restarting, partitions moving: next tick
@@ -311,10 +311,11 @@ async def _batches(
 
     async def pump() -> None:
         async for event in stream.noack().events():
+            offset_guard.arrived(event.message.tp, loop.time())
             await queue.put(event)
 
     reader = asyncio.ensure_future(pump())
-    watchdog = asyncio.ensure_future(_watch_partitions(topic))
+    watchdog = asyncio.ensure_future(_watch_partitions(topic, queue))
     try:
         while True:
             batch = [await queue.get()]
