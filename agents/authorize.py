@@ -182,7 +182,7 @@ async def _admitted(events: list[faust.EventT]) -> list[faust.EventT]:
         if verdict is Verdict.AHEAD:
             try:
                 await _fill_gap(tp, message.offset)
-            except Exception as exc:  # the re-seek timer tries again
+            except Exception as exc:  # the agent's watchdog (_watch_partitions) tries again
                 log.warning("%s: could not seek back (%r); will try again", tp, exc)
             verdict = offset_guard.admit(tp, message.offset)  # the log may start past the gap
         if verdict is Verdict.PROCESS:
@@ -208,7 +208,7 @@ async def _fill_gap(tp: TP, offset: int) -> None:
         return
     log.warning("%s: got offset %d while %d is next: seeking back to %d", tp, offset,
                 expected, expected)  # fmt: skip
-    await app.consumer.seek(tp, expected)
+    await _seek(tp, expected)
 
 
 def _messages(events: list[faust.EventT]) -> list[Message]:
