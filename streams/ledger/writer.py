@@ -40,6 +40,15 @@ _TX_COLUMNS = (
 _ENTRY_COLUMNS = (
     "entry_id, transaction_id, account_id, direction, amount_minor, currency, fx_rate, posted_at"
 )
+# The batch's transactions already in the ledger, with their fingerprints. A scalar
+# subquery is one primary-key probe per id, whatever the size of the ledger; a join was
+# planned as a hash join over every transaction ever written, so each batch cost more
+# than the one before.
+HELD_SQL = (
+    "SELECT transaction_id, fingerprint FROM (SELECT b.transaction_id, "
+    "(SELECT t.fingerprint FROM transactions AS t WHERE t.transaction_id = b.transaction_id) "
+    "AS fingerprint FROM batch_ids AS b) AS held WHERE fingerprint IS NOT NULL"
+)
 _ROW_OF_1 = pgcopy.fields(1)
 _ROW_OF_3 = pgcopy.fields(3)
 _ROW_OF_5 = pgcopy.fields(5)
@@ -254,12 +263,7 @@ class LedgerWriter:
         _create_staging(conn)
         _copy_bytes(conn, "COPY batch_ids FROM STDIN (FORMAT BINARY)",
                     [item.id_row for item in batch])  # fmt: skip
-        existing = dict(
-            conn.execute(
-                "SELECT t.transaction_id, t.fingerprint FROM transactions t "
-                "JOIN batch_ids USING (transaction_id)"
-            ).fetchall()
-        )
+        existing = dict(conn.execute(HELD_SQL).fetchall())
         new = batch
         if existing:
             planned = None  # planned for all of the batch; part of it is in the ledger

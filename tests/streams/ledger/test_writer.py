@@ -10,7 +10,13 @@ import pytest
 
 from agents.rules.ledger import fingerprint, net_balances
 from streams.ledger.reconcile import check_balances, check_transactions
-from streams.ledger.writer import LedgerWriter, SourcedTransaction
+from streams.ledger.writer import (
+    HELD_SQL,
+    LedgerWriter,
+    SourcedTransaction,
+    _copy_bytes,
+    _create_staging,
+)
 from tests.agents.rules.test_ledger import tx
 
 pytestmark = pytest.mark.integration
@@ -53,6 +59,40 @@ def test_a_batch_is_written_with_its_balances(conn: psycopg.Connection) -> None:
     assert check_transactions(conn) == [] and check_balances(conn) == []
     types = dict(conn.execute("SELECT account_id, account_type FROM accounts"))
     assert types["c0"] == "customer"
+
+
+def test_looking_up_a_batch_probes_keys_rather_than_scanning_the_ledger(
+    conn: psycopg.Connection,
+) -> None:
+    LedgerWriter().write(conn, [sourced(t, i) for i, t in enumerate(payments(3000))])
+    conn.execute("ANALYZE transactions")
+    batch = [sourced(t, i) for i, t in enumerate(payments(2000, start_ms=JAN_2026_MS + DAY_MS))]
+    with conn.transaction():
+        _create_staging(conn)
+        _copy_bytes(conn, "COPY batch_ids FROM STDIN (FORMAT BINARY)",
+                    [item.id_row for item in batch[:1000] + batch[:1000]])  # fmt: skip
+        plan = "\n".join(row[0] for row in conn.execute(f"EXPLAIN {HELD_SQL}"))
+        held = conn.execute(HELD_SQL).fetchall()
+    assert "Seq Scan on transactions" not in plan, plan
+    assert "Index" in plan and "transactions_pkey" in plan, plan
+    assert len(held) == 2000  # every id of the first 1000 (each sent twice) is held
+
+
+def test_no_statement_of_a_batch_scans_the_transactions_table(conn: psycopg.Connection) -> None:
+    """The database-side checks included: a batch's cost must not grow with the ledger."""
+    # Sizes at which PostgreSQL planned the old join as a scan of every transaction.
+    ledger = payments(20_000)
+    LedgerWriter().write(conn, [sourced(t, i) for i, t in enumerate(ledger[:10_000])])
+    plans: list[str] = []
+    conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
+    for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_level = notice"):
+        conn.execute(f"SET auto_explain.{setting}")
+    conn.execute("LOAD 'auto_explain'")
+    result = LedgerWriter().write(conn, [sourced(t, i) for i, t in enumerate(ledger[10_000:])])
+    assert result.written == 10_000
+    assert any("new_rows" in plan and "transactions" in plan for plan in plans), plans
+    scans = ("Seq Scan on transactions", "Seq Scan on accounts", "Seq Scan on account_balances")
+    assert not [plan for plan in plans if any(scan in plan for scan in scans)], plans
 
 
 def test_redelivered_batches_change_nothing(conn: psycopg.Connection) -> None:
