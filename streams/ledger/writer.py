@@ -1,10 +1,11 @@
 """Write batches of ledger transactions to PostgreSQL: one database transaction per batch.
 
-The fast path per batch: look up which transaction ids already exist (one indexed
-query), COPY the new transactions and their entries in binary, then add the
-batch's per-(account, currency) sums to ``account_balances``; all in one database
-transaction, so balances always equal the entries they sum. Each transaction's COPY
-rows are built when it is read (:class:`SourcedTransaction`, with
+The fast path per batch: COPY the transactions in binary, expecting them all to be
+new (under a savepoint; if one is already held, look up which are, with one
+primary-key probe per id, and COPY only the new ones), then their entries, then add
+the batch's per-(account, currency) sums to ``account_balances``; all in one
+database transaction, so balances always equal the entries they sum. Each
+transaction's COPY rows are built when it is read (:class:`SourcedTransaction`, with
 :mod:`streams.ledger.pgcopy`), so the thread that holds the connection only joins
 bytes; entries go straight into their month's partition, which PostgreSQL can fill
 a page at a time (see migration 0003). A transaction already
@@ -49,6 +50,7 @@ HELD_SQL = (
     "(SELECT t.fingerprint FROM transactions AS t WHERE t.transaction_id = b.transaction_id) "
     "AS fingerprint FROM batch_ids AS b) AS held WHERE fingerprint IS NOT NULL"
 )
+_COPY_TRANSACTIONS = f"COPY transactions ({_TX_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 _ROW_OF_1 = pgcopy.fields(1)
 _ROW_OF_3 = pgcopy.fields(3)
 _ROW_OF_5 = pgcopy.fields(5)
@@ -215,6 +217,9 @@ class LedgerWriter:
     def __init__(self) -> None:
         self._partitions: dict[tuple[int, int], str] = {}
         self._known_accounts: set[str] = set()
+        # Whether the next batch is expected to be wholly new to the ledger (the usual
+        # case): its transactions are then COPYed without looking them up first.
+        self._expect_new = True
 
     def forget(self) -> None:
         """Drop caches that a lost or rolled-back connection may have made wrong."""
@@ -261,9 +266,15 @@ class LedgerWriter:
         planned: BatchPlan | None = None,
     ) -> WriteResult:  # fmt: skip
         _create_staging(conn)
+        if planned is not None and planned.delta_rows is not None and self._expect_new:
+            if self._copy_transactions_if_new(conn, batch):
+                return self._write_rest(conn, batch, result, planned.account_rows,
+                                        planned.delta_rows)  # fmt: skip
+            planned = None  # some of it is held: what is new is planned again below
         _copy_bytes(conn, "COPY batch_ids FROM STDIN (FORMAT BINARY)",
                     [item.id_row for item in batch])  # fmt: skip
         existing = dict(conn.execute(HELD_SQL).fetchall())
+        self._expect_new = not existing
         new = batch
         if existing:
             planned = None  # planned for all of the batch; part of it is in the ledger
@@ -285,16 +296,37 @@ class LedgerWriter:
             planned = plan(new)
         if planned.delta_rows is None:
             raise BalanceOverflow(f"{len(new)} transactions: a balance sum exceeds 64 bits")
-        self._insert_accounts(conn, planned.account_rows)
-        result.entries += self._copy(conn, new)
-        self._add_balances(conn, planned.delta_rows)
+        _copy_bytes(conn, _COPY_TRANSACTIONS, [item.tx_row for item in new])
+        return self._write_rest(conn, new, result, planned.account_rows, planned.delta_rows)
+
+    def _copy_transactions_if_new(self, conn: Any, batch: list[SourcedTransaction]) -> bool:
+        """COPY the batch's transactions, expecting none of them in the ledger yet; False
+        (and nothing written) when one is. Under a savepoint, so that finding one undoes
+        only this COPY; the batch is then looked up, and so are the next ones until a
+        batch has nothing held (a replay or a redelivery pays one refused COPY)."""
+        import psycopg
+
+        try:
+            with conn.transaction():
+                _copy_bytes(conn, _COPY_TRANSACTIONS, [item.tx_row for item in batch])
+        except psycopg.errors.UniqueViolation:
+            self._expect_new = False
+            return False
+        return True
+
+    def _write_rest(
+        self, conn: Any, new: list[SourcedTransaction], result: WriteResult,
+        account_rows: dict[str, bytes], delta_rows: list[bytes],
+    ) -> WriteResult:  # fmt: skip
+        """After the transactions of ``new``: their accounts, entries and balances."""
+        self._insert_accounts(conn, account_rows)
+        result.entries += self._copy_entries(conn, new)
+        self._add_balances(conn, delta_rows)
         result.written += len(new)
         return result
 
-    def _copy(self, conn: Any, batch: list[SourcedTransaction]) -> int:
-        """The transactions, then each month's entries straight into its partition."""
-        _copy_bytes(conn, f"COPY transactions ({_TX_COLUMNS}) FROM STDIN (FORMAT BINARY)",
-                    [item.tx_row for item in batch])  # fmt: skip
+    def _copy_entries(self, conn: Any, batch: list[SourcedTransaction]) -> int:
+        """Each month's entries straight into its partition; returns how many."""
         by_month: dict[tuple[int, int], list[bytes]] = {}
         entries = 0
         for item in batch:

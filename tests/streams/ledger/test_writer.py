@@ -95,6 +95,33 @@ def test_no_statement_of_a_batch_scans_the_transactions_table(conn: psycopg.Conn
     assert not [plan for plan in plans if any(scan in plan for scan in scans)], plans
 
 
+def test_a_batch_is_looked_up_only_after_one_held_part_of_the_ledger(
+    conn: psycopg.Connection,
+) -> None:
+    statements: list[str] = []
+    conn.add_notice_handler(lambda notice: statements.append(notice.message_primary or ""))
+    for setting in ("log_min_duration = 0", "log_level = notice"):
+        conn.execute(f"SET auto_explain.{setting}")
+    conn.execute("LOAD 'auto_explain'")
+    writer = LedgerWriter()
+    ledger = [sourced(t, i) for i, t in enumerate(payments(400))]
+    a, b, c, d = (ledger[k : k + 100] for k in range(0, 400, 100))
+
+    def looked_up(batch: list[SourcedTransaction]) -> tuple[bool, int, int]:
+        statements.clear()
+        result = writer.write(conn, batch)
+        lookup = any("Query Text" in s and "batch_ids" in s for s in statements)
+        return lookup, result.written, result.duplicates
+
+    assert looked_up(a) == (False, 100, 0)  # new: COPYed straight away
+    assert looked_up(a[:50] + b) == (True, 100, 50)  # the COPY met a held one: looked up
+    assert looked_up(c) == (True, 100, 0)  # still looked up, and found nothing held
+    assert looked_up(d) == (False, 100, 0)  # so the next is expected new again
+    assert looked_up(d) == (True, 0, 100)  # a redelivery: one refused COPY, then looked up
+    assert check_transactions(conn) == [] and check_balances(conn) == []
+    assert stored_balances(conn) == net_balances([item.tx for item in a + b + c + d])
+
+
 def test_redelivered_batches_change_nothing(conn: psycopg.Connection) -> None:
     batch = [sourced(t, i) for i, t in enumerate(payments(200))]
     LedgerWriter().write(conn, batch)
