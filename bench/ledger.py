@@ -7,14 +7,15 @@ commit per transaction. Each repetition writes into a fresh database.
 
 Back of the envelope, from what this bench and the profiles in BENCHMARKS.md
 measured (2 cores, broker and PostgreSQL on the same machine): the sink's reading
-thread spends ~40 µs per transaction (~18 µs per entry) consuming, decoding,
-checking and building COPY rows, and PostgreSQL ~21 µs of CPU per entry for what
+thread spends ~27 µs per transaction (~12 µs per entry) consuming, decoding,
+checking and building COPY rows, and PostgreSQL ~13-15 µs of CPU per entry for what
 the schema requires (the entry heap row, its two indexes, the balance check, the
-transaction row, accounts and balances). The two overlap, so the sink is bound by
-the slower one and by their sharing two cores: ~45,000 entries/s is an upper bound
-even with a free client, 50,000/s is not reachable on this machine. The naive writer
-pays a network round trip per statement (~50-100 µs over loopback) and an fsync per
-commit, so it cannot exceed ~1,000-3,000 entries/s.
+transaction row, accounts and balances). The two overlap on the two cores, so the
+sink reaches 50,000-65,000 entries/s when the host runs at its usual speed and falls
+to 30,000-45,000 when the shared host is slow (its calibration loop, printed with
+each run, then takes 0.25 s or more instead of ~0.18). The naive writer pays a
+network round trip per statement (~50-100 µs over loopback) and an fsync per commit,
+so it cannot exceed ~1,000-3,000 entries/s.
 """
 
 from __future__ import annotations
