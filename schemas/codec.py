@@ -232,7 +232,10 @@ class TopicCodec:
         try:
             record: Any = schemaless_reader(buffer, reader[0], reader[1])
         except Exception as exc:
-            reason = f"body does not match schema id {schema_id} ({type(exc).__name__}: {exc})"
+            reason = (
+                f"body does not match schema id {schema_id} "
+                f"({type(exc).__name__}: {_without_addresses(str(exc))})"
+            )
             raise self._decode_error(partition, offset, reason, schema_id) from exc
         if buffer.tell() != len(data):
             raise self._left_over_error(data, buffer.tell(), partition, offset, schema_id)
@@ -315,6 +318,15 @@ def _passes(guard: Callable[[Any], bool], record: Any) -> bool:
         return guard(record)
     except Exception:  # not a mapping, not iterable, ...: let the validator say what
         return False
+
+
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def _without_addresses(text: str) -> str:
+    """fastavro's reader names its buffer ("cannot read double from <_io.BytesIO object at
+    0x7f...>"): a memory address means nothing in a dead letter, and it differs per call."""
+    return _OBJECT_REPR.sub("the message", text)
 
 
 def _or_unknown(value: int | None) -> str:
