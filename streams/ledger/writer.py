@@ -266,11 +266,14 @@ class LedgerWriter:
         planned: BatchPlan | None = None,
     ) -> WriteResult:  # fmt: skip
         _create_staging(conn)
-        if planned is not None and planned.delta_rows is not None and self._expect_new:
-            if self._copy_transactions_if_new(conn, batch):
-                return self._write_rest(conn, batch, result, planned.account_rows,
-                                        planned.delta_rows)  # fmt: skip
-            planned = None  # some of it is held: what is new is planned again below
+        if (
+            planned is not None
+            and planned.delta_rows is not None
+            and self._expect_new
+            and self._copy_transactions_if_new(conn, batch)
+        ):
+            # Otherwise one is held: the batch is looked up, and re-planned if part is.
+            return self._write_rest(conn, batch, result, planned.account_rows, planned.delta_rows)
         _copy_bytes(conn, "COPY batch_ids FROM STDIN (FORMAT BINARY)",
                     [item.id_row for item in batch])  # fmt: skip
         existing = dict(conn.execute(HELD_SQL).fetchall())

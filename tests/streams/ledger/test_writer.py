@@ -44,6 +44,17 @@ def stored_balances(conn: psycopg.Connection) -> dict[tuple[str, str], int]:
     return {(a, c): b for a, c, b in rows}
 
 
+def plans_sent_to(conn: psycopg.Connection) -> list[str]:
+    """From now on, the plan of every statement ``conn`` runs (those of its triggers too),
+    as auto_explain sends them to the client; the list fills as statements run."""
+    plans: list[str] = []
+    conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
+    for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_level = notice"):
+        conn.execute(f"SET auto_explain.{setting}")
+    conn.execute("LOAD 'auto_explain'")
+    return plans
+
+
 @pytest.fixture
 def conn(ledger_dsn: str) -> psycopg.Connection:
     return psycopg.connect(ledger_dsn, autocommit=True)
@@ -83,11 +94,7 @@ def test_no_statement_of_a_batch_scans_the_transactions_table(conn: psycopg.Conn
     # Sizes at which PostgreSQL planned the old join as a scan of every transaction.
     ledger = payments(20_000)
     LedgerWriter().write(conn, [sourced(t, i) for i, t in enumerate(ledger[:10_000])])
-    plans: list[str] = []
-    conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
-    for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_level = notice"):
-        conn.execute(f"SET auto_explain.{setting}")
-    conn.execute("LOAD 'auto_explain'")
+    plans = plans_sent_to(conn)
     result = LedgerWriter().write(conn, [sourced(t, i) for i, t in enumerate(ledger[10_000:])])
     assert result.written == 10_000
     assert any("new_rows" in plan and "transactions" in plan for plan in plans), plans
@@ -98,11 +105,7 @@ def test_no_statement_of_a_batch_scans_the_transactions_table(conn: psycopg.Conn
 def test_a_batch_is_looked_up_only_after_one_held_part_of_the_ledger(
     conn: psycopg.Connection,
 ) -> None:
-    statements: list[str] = []
-    conn.add_notice_handler(lambda notice: statements.append(notice.message_primary or ""))
-    for setting in ("log_min_duration = 0", "log_level = notice"):
-        conn.execute(f"SET auto_explain.{setting}")
-    conn.execute("LOAD 'auto_explain'")
+    statements = plans_sent_to(conn)
     writer = LedgerWriter()
     ledger = [sourced(t, i) for i, t in enumerate(payments(400))]
     a, b, c, d = (ledger[k : k + 100] for k in range(0, 400, 100))
